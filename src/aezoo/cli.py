@@ -34,7 +34,8 @@ def _cmd_train(args) -> None:
 
     entry = registry.entry(args.model)
     tree = read_config_file(args.config) if args.config else {}
-    tree.pop("model_name", None)
+    if tree.pop("model_name", args.model) != args.model:
+        raise AezooError(f"{args.config} is a config for another model, not {args.model}")
     cli: dict = {"data": {"name": args.data}} if args.data else {}
     if "name" not in tree.get("data", {}) and not args.data:
         cli = {"data": {"name": entry.default_data}}
@@ -95,9 +96,14 @@ def _cmd_report(args) -> None:
     print(f"wrote {write_report(args.run)}")
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not the usage block
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="aezoo", description="The autoencoder family: train, evaluate, sample, report.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = _Parser(prog="aezoo", description="The autoencoder family: train, evaluate, sample, report.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     sub.add_parser("models", help="the models, one line each").set_defaults(fn=_cmd_models)
     d = sub.add_parser("datasets", help="the datasets and where each is read from")

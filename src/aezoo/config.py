@@ -58,7 +58,8 @@ class TrainConfig:
     eps: float = number(1e-8, 0.0, 1.0, lo_open=True)
     momentum: float = number(0.9, 0.0, 1.0)
     weight_decay: float = number(0.0, 0.0)
-    schedule: str = choice("constant", "cosine", "linear")
+    # burda2015: stage i lasts 3^i epochs at lr * 10^(-i/7) (Burda et al. 2016, sec. 5)
+    schedule: str = choice("constant", "cosine", "linear", "burda2015")
     warmup_steps: int = number(0, 0)
     grad_clip: float = number(0.0, 0.0)  # max global gradient norm (0: off)
     seed: int = 0

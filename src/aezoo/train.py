@@ -65,12 +65,18 @@ def make_optimizer(params, t: TrainConfig) -> torch.optim.Optimizer:
     return cls(params, lr=t.lr, betas=t.betas, eps=t.eps, weight_decay=t.weight_decay)
 
 
-def lr_factor(step: int, t: TrainConfig, total: int) -> float:
-    """Linear warm-up over `warmup_steps`, then constant, cosine or linear decay to 0 at `total`."""
+def lr_factor(step: int, t: TrainConfig, total: int, steps_per_epoch: int) -> float:
+    """Linear warm-up over `warmup_steps`, then constant, cosine or linear decay to 0 at `total`,
+    or Burda et al.'s stages (stage i: 3^i epochs at 10^(-i/7))."""
     if step < t.warmup_steps:
         return (step + 1) / t.warmup_steps
     if t.schedule == "constant":
         return 1.0
+    if t.schedule == "burda2015":
+        epoch, stage, end = step // steps_per_epoch, 0, 1
+        while epoch >= end:
+            stage, end = stage + 1, end + 3 ** (stage + 1)
+        return 10 ** (-stage / 7)
     progress = (step - t.warmup_steps) / max(1, total - t.warmup_steps)
     return 0.5 * (1 + math.cos(math.pi * progress)) if t.schedule == "cosine" else 1.0 - progress
 
@@ -88,7 +94,7 @@ class Trainer:
         self.val = Batches(dataset, "val", cfg.eval.batch_size, cfg.data.binarize, seed=t.seed + 1, shuffle=False) if "val" in dataset.x and cfg.data.train_split == "train" else None
         self.total_steps = t.steps or t.epochs * len(self.batches)
         self.optimizer = make_optimizer(self.model.parameters(), t)
-        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, t, self.total_steps))
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, t, self.total_steps, len(self.batches)))
         self.step = 0
         self.last_checkpoint = 0
         self.log_sums: dict[str, float] = {}
@@ -236,7 +242,7 @@ def train(cfg: RunConfig, out: str | Path) -> RunFolder:
     trainer = Trainer(cfg, run, dataset.to(device), device)  # fails on bad input before any file is written
     run.path.mkdir(parents=True, exist_ok=True)
     with run.lock():
-        write_json(run.config, {"model_name": cfg.model_name, **to_dict(cfg)})
+        write_json(run.config, to_dict(cfg))
         trainer.fit()
     return run
 
