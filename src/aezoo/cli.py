@@ -148,10 +148,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        if getattr(args, "n", 1) < 1:
-            raise AezooError("--n must be at least 1")
-        for name in ("epochs", "steps"):
-            if (getattr(args, name, None) or 1) < 1:
+        for name in ("n", "epochs", "steps"):
+            value = getattr(args, name, None)
+            if value is not None and value < 1:
                 raise AezooError(f"--{name} must be at least 1")
         args.fn(args)
     except AezooError as e:

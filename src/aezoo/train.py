@@ -181,7 +181,7 @@ class Trainer:
                 out = model.loss(x)
                 if not torch.isfinite(out.total):
                     name = next((k for k, v in out.terms.items() if not torch.isfinite(v)), "total")
-                    value = float(out.terms.get(name, out.total))
+                    value = float(out.terms.get(name, out.total).detach())
                     raise NonFinite(f"step {self.step + 1}: loss term '{name}' is {value}; training stopped, "
                                     f"the last good checkpoint (step {self.last_checkpoint}) is kept in {self.run.path}")
                 self.optimizer.zero_grad(set_to_none=True)

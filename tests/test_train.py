@@ -1,0 +1,108 @@
+"""The engine: exact resume, the NaN stop, locks, and runs that leave nothing half-written."""
+
+import json
+
+import pytest
+import torch
+
+from aezoo.config import make_run_config, parse_overrides
+from aezoo.errors import AezooError
+from aezoo.io import load_weights
+from aezoo.models.vae import VAEConfig
+from aezoo.train import RunFolder, Trainer, resume, train
+
+FAST = ["data.limit=600", "data.binarize=dynamic", "train.batch_size=50", "train.progress=false",
+        "model.hidden=[32]", "model.latent_dim=4", "train.log_every=5", "eval.batch_size=300"]
+
+
+def config(*extra):
+    return make_run_config("vae", VAEConfig, parse_overrides(FAST + list(extra)))
+
+
+def metrics_without_times(run: RunFolder):
+    lines = [json.loads(line) for line in run.metrics.read_text().splitlines()]
+    return [{k: v for k, v in rec.items() if k not in ("time_s", "samples_per_s")} for rec in lines]
+
+
+def test_resume_after_a_crash_is_bit_identical(tmp_path, monkeypatch):
+    steps = 40  # 12 steps an epoch: the crash and the resume cross epoch boundaries
+    whole = train(config(f"train.steps={steps}", "train.checkpoint_every=10", "train.schedule=cosine"), tmp_path / "a")
+
+    real_checkpoint = Trainer.checkpoint
+
+    def crash_after_step_20(self):
+        real_checkpoint(self)
+        if self.step == 20:
+            raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(Trainer, "checkpoint", crash_after_step_20)
+    with pytest.raises(RuntimeError):
+        train(config(f"train.steps={steps}", "train.checkpoint_every=10", "train.schedule=cosine"), tmp_path / "b")
+    monkeypatch.setattr(Trainer, "checkpoint", real_checkpoint)
+    torch.manual_seed(999)  # the resumed process starts with other random state
+    resumed = resume(tmp_path / "b")
+
+    a, b = load_weights(whole.weights), load_weights(resumed.weights)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert metrics_without_times(whole) == metrics_without_times(resumed)
+
+
+def test_non_finite_loss_stops_naming_step_and_term_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    from aezoo.models.vae import VAE
+
+    real_loss = VAE.loss
+
+    def loss_with_nan_kl_at_step_12(self, x):
+        out = real_loss(self, x)
+        if self.step == 11:
+            out.terms["kl"] = out.terms["kl"] * float("nan")
+            out.total = out.terms["recon"] + out.terms["kl"]
+        return out
+
+    monkeypatch.setattr(VAE, "loss", loss_with_nan_kl_at_step_12)
+    with pytest.raises(AezooError, match=r"step 12: loss term 'kl' is nan.*step 10"):
+        train(config("train.steps=30", "train.checkpoint_every=10"), tmp_path / "r")
+    run = RunFolder(tmp_path / "r")
+    good = load_weights(run.weights)
+    assert all(torch.isfinite(t).all() for t in good.values())
+    assert torch.load(run.state, weights_only=True)["step"] == 10
+
+
+def test_an_existing_run_is_refused_and_bad_input_writes_nothing(tmp_path):
+    run = train(config("train.steps=3"), tmp_path / "r")
+    before = sorted(p.name for p in run.path.iterdir())
+    with pytest.raises(AezooError, match="already holds a run"):
+        train(config("train.steps=3"), tmp_path / "r")
+    assert sorted(p.name for p in run.path.iterdir()) == before
+    with pytest.raises(AezooError, match="larger than the train split"):
+        train(config("train.batch_size=100000"), tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_second_trainer_in_the_same_folder_is_refused(tmp_path):
+    run = RunFolder(tmp_path)
+    with run.lock():
+        with pytest.raises(AezooError, match="in use by another aezoo process"):
+            run.lock()
+
+
+def test_resume_of_a_finished_run_does_nothing(tmp_path, capsys):
+    run = train(config("train.steps=4"), tmp_path / "r")
+    before = run.weights.read_bytes()
+    resume(run.path)
+    assert "already finished" in capsys.readouterr().err
+    assert run.weights.read_bytes() == before
+
+
+def test_learning_rate_schedules():
+    from aezoo.config import TrainConfig
+    from aezoo.train import lr_factor
+
+    cos = TrainConfig(schedule="cosine", warmup_steps=10)
+    assert lr_factor(0, cos, 110, 10) == pytest.approx(0.1)
+    assert lr_factor(10, cos, 110, 10) == pytest.approx(1.0)
+    assert lr_factor(60, cos, 110, 10) == pytest.approx(0.5)
+    burda = TrainConfig(schedule="burda2015")
+    # stage i lasts 3^i epochs at 10^(-i/7): epochs 0 | 1-3 | 4-12 | ...
+    assert [lr_factor(e * 5, burda, 10**6, 5) for e in (0, 1, 3, 4, 12, 13)] == pytest.approx(
+        [1, 10 ** (-1 / 7), 10 ** (-1 / 7), 10 ** (-2 / 7), 10 ** (-2 / 7), 10 ** (-3 / 7)])
