@@ -119,8 +119,10 @@ def mix_seed(*parts: int) -> int:
 class Batches:
     """Batches of one split by index: a fresh permutation each epoch, derived from (seed, epoch).
 
-    With `rank`/`world` set, each process takes every world-th example of the permutation (its shard).
-    The last partial batch is dropped when shuffling, so every step has the same batch size.
+    `batch_size` is the global batch. With `rank`/`world` set (several processes), each process takes
+    every world-th example of each global batch, so the processes together see exactly the batches one
+    process would, including the binarisation noise. When shuffling, the last partial batch is
+    dropped so that every step has the same batch size.
     """
 
     def __init__(self, ds: Dataset, split: str, batch_size: int, binarize: str = "none", seed: int = 0,
@@ -128,29 +130,34 @@ class Batches:
         self.ds, self.split, self.x = ds, split, ds.split(split)
         self.batch_size, self.binarize, self.seed, self.shuffle = batch_size, binarize, seed, shuffle
         self.rank, self.world = rank, world
-        n_local = len(self.x) // world
+        if batch_size % world:
+            raise AezooError(f"train.batch_size={batch_size} must be a multiple of the {world} processes")
         if shuffle:
-            self.steps_per_epoch = n_local // batch_size
+            self.steps_per_epoch = len(self.x) // batch_size
             if self.steps_per_epoch == 0:
-                raise AezooError(f"batch size {batch_size} is larger than the {split} split ({n_local} examples per process)")
+                raise AezooError(f"batch size {batch_size} is larger than the {split} split ({len(self.x)} examples)")
         else:
             self.steps_per_epoch = -(-len(self.x) // batch_size)
         self._epoch, self._perm = None, None
 
-    def indices(self, step: int) -> torch.Tensor:
+    def _global_indices(self, step: int) -> torch.Tensor:
         epoch, i = divmod(step, self.steps_per_epoch)
         if not self.shuffle:
             return torch.arange(i * self.batch_size, min((i + 1) * self.batch_size, len(self.x)))
         if epoch != self._epoch:
             g = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
-            self._perm = torch.randperm(len(self.x), generator=g)[self.rank :: self.world]
+            self._perm = torch.randperm(len(self.x), generator=g)
             self._epoch = epoch
         return self._perm[i * self.batch_size : (i + 1) * self.batch_size]
+
+    def indices(self, step: int) -> torch.Tensor:
+        """This process's examples at `step`."""
+        return self._global_indices(step)[self.rank :: self.world]
 
     def get(self, step: int) -> torch.Tensor:
         """The float batch for `step`, values in [0, 1], binarised if asked."""
         idx = self.indices(step).to(self.x.device)
-        return prepare(self.x[idx], self.ds.scale, self.binarize, mix_seed(self.seed, step, 7))
+        return prepare(self.x[idx], self.ds.scale, self.binarize, mix_seed(self.seed, step, 7), self.rank, self.world)
 
     def labels(self, step: int) -> torch.Tensor | None:
         y = self.ds.labels.get(self.split)
@@ -164,11 +171,14 @@ class Batches:
         return (self.get(i) for i in range(self.steps_per_epoch))
 
 
-def prepare(raw: torch.Tensor, scale: float, binarize: str, seed: int) -> torch.Tensor:
+def prepare(raw: torch.Tensor, scale: float, binarize: str, seed: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """Stored values to floats in [0, 1]; dynamic binarisation draws x ~ Bernoulli(pixel) from noise
+    made for the whole global batch, of which this process keeps its rows (rank::world)."""
     x = raw.float()
     if scale != 1.0:
         x = x / scale
     if binarize == "dynamic":
         g = torch.Generator(x.device).manual_seed(seed)
-        x = torch.bernoulli(x, generator=g)
+        u = torch.rand((len(x) * world, *x.shape[1:]), generator=g, device=x.device)[rank::world]
+        x = (u < x).to(x.dtype)
     return x
