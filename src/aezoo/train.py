@@ -5,19 +5,26 @@ The run folder is the contract (see `RunFolder`). A checkpoint is one self-consi
 atomically; `model.safetensors` is the same weights for users. Every random choice in the data is a
 function of (seed, epoch) or (seed, step) and the global generators are saved, so on CPU a run
 resumed from step N ends bit-identical to one that was never interrupted.
+
+Launched by torchrun (WORLD_SIZE > 1), every process trains on its share of each global batch under
+DistributedDataParallel (gloo on CPU, NCCL on GPU); process 0 alone writes the run folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from torch import nn
 from tqdm import tqdm
 
 from . import registry
@@ -55,7 +62,48 @@ def pick_device(name: str) -> torch.device:
         raise AezooError("--device cuda: no CUDA device is available (try --device cpu)")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
     return torch.device(name)
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process's place among those torchrun started (rank 0 of 1 when run alone)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+def init_processes(device: torch.device) -> Processes:
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world == 1:
+        return Processes()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Processes(dist.get_rank(), dist.get_world_size())
+
+
+class _LossModule(nn.Module):
+    """Routes `model.loss` through `forward`, which DistributedDataParallel needs to sync gradients."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        out = self.model.loss(x)
+        return out.total, out.terms
 
 
 def make_optimizer(params, t: TrainConfig) -> torch.optim.Optimizer:
@@ -86,11 +134,13 @@ class NonFinite(AezooError):
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, run: RunFolder, dataset: Dataset, device: torch.device):
-        self.cfg, self.run, self.device = cfg, run, device
+    def __init__(self, cfg: RunConfig, run: RunFolder, dataset: Dataset, device: torch.device,
+                 procs: Processes = Processes()):
+        self.cfg, self.run, self.device, self.procs = cfg, run, device, procs
         t = cfg.train
         self.model = registry.build_from_config(cfg.model_name, cfg.model).to(device)
-        self.batches = Batches(dataset, "train", t.batch_size, cfg.data.binarize, seed=t.seed)
+        self.batches = Batches(dataset, "train", t.batch_size, cfg.data.binarize, seed=t.seed,
+                               rank=procs.rank, world=procs.world)
         self.val = Batches(dataset, "val", cfg.eval.batch_size, cfg.data.binarize, seed=t.seed + 1, shuffle=False) if "val" in dataset.x and cfg.data.train_split == "train" else None
         self.total_steps = t.steps or t.epochs * len(self.batches)
         self.optimizer = make_optimizer(self.model.parameters(), t)
@@ -107,19 +157,30 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "rng": self.gather_rng(),
             "log_sums": dict(self.log_sums),
             "log_count": self.log_count,
         }
+
+    def gather_rng(self) -> list[dict]:
+        """Every process's random generators, indexed by rank."""
+        mine = {"cpu": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else torch.empty(0, dtype=torch.uint8)}
+        if self.procs.world == 1:
+            return [mine]
+        everyone = [None] * self.procs.world
+        dist.all_gather_object(everyone, mine)
+        return everyone
 
     def checkpoint(self) -> None:
         bad = [n for n, p in self.model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
         if bad:
             raise NonFinite(f"step {self.step}: parameter '{bad[0]}' is not finite; checkpoint not written, "
                             f"the last good one (step {self.last_checkpoint}) is kept in {self.run.path}")
-        save_state(self.run.state, self.state())
-        save_weights(self.run.weights, self.model.state_dict())
+        state = self.state()  # every process takes part (it gathers their generators)
+        if self.procs.main:
+            save_state(self.run.state, state)
+            save_weights(self.run.weights, self.model.state_dict())
         self.last_checkpoint = self.step
 
     def restore(self, state: dict) -> None:
@@ -127,15 +188,18 @@ class Trainer:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.schedule.load_state_dict(state["schedule"])
-            torch.set_rng_state(state["rng_cpu"])
-            if state["rng_cuda"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(state["rng_cuda"])
+            if len(state["rng"]) != self.procs.world:
+                raise ValueError(f"it was saved by {len(state['rng'])} processes, this run has {self.procs.world}")
+            mine = state["rng"][self.procs.rank]
+            torch.set_rng_state(mine["cpu"])
+            if self.device.type == "cuda" and mine["cuda"].numel():
+                torch.cuda.set_rng_state(mine["cuda"], self.device)
             self.step = self.last_checkpoint = int(state["step"])
             self.log_sums, self.log_count = dict(state["log_sums"]), int(state["log_count"])
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise AezooError(f"{self.run.state}: resume state does not match this run ({str(e).splitlines()[0]})") from None
         # Lines logged after the checkpoint will be written again.
-        if self.run.metrics.exists():
+        if self.procs.main and self.run.metrics.exists():
             kept = []
             for line in self.run.metrics.read_text().splitlines():
                 try:
@@ -147,6 +211,8 @@ class Trainer:
 
     # --- the loop -------------------------------------------------------------------------------
     def log(self, record: dict) -> None:
+        if not self.procs.main:
+            return
         with open(self.run.metrics, "a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -162,74 +228,102 @@ class Trainer:
         self.model.train()
         return {k: v / n for k, v in sums.items()}
 
+    def _forward(self):
+        """The loss function of one step: the model's own, or through DDP when there are several processes."""
+        if self.procs.world == 1:
+            return lambda x: (lambda out: (out.total, out.terms))(self.model.loss(x))
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        # Some models leave parameters unused in some steps (layer-wise pretraining, a single active level).
+        return nn.parallel.DistributedDataParallel(_LossModule(self.model), device_ids=ids, find_unused_parameters=True)
+
+    def _all_finite(self, total: torch.Tensor) -> bool:
+        ok = torch.isfinite(total.detach()).to(torch.float32)
+        if self.procs.world > 1:  # every process stops together, or none does
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        return bool(ok)
+
+    def _stopped(self, what: str) -> NonFinite:
+        return NonFinite(f"step {self.step + 1}: {what}; training stopped, the last good checkpoint "
+                         f"(step {self.last_checkpoint}) is kept in {self.run.path}")
+
+    def _log_train(self, started: float, tick: float, tick_step: int) -> dict:
+        """The means of the terms since the last line (averaged over processes) as one metrics line."""
+        names = sorted(self.log_sums)
+        means = torch.tensor([self.log_sums[k] / self.log_count for k in names], dtype=torch.float64)
+        if self.procs.world > 1:
+            means = means.to(self.device)
+            dist.all_reduce(means)
+            means = means.cpu() / self.procs.world
+        now = time.perf_counter()
+        record = {"step": self.step, "epoch": self.step / len(self.batches), "split": "train",
+                  **dict(zip(names, means.tolist())), "lr": self.schedule.get_last_lr()[0],
+                  "samples_per_s": (self.step - tick_step) * self.cfg.train.batch_size / max(now - tick, 1e-9),
+                  "time_s": now - started}
+        self.log(record)
+        self.log_sums, self.log_count = {}, 0
+        return record
+
     def fit(self) -> None:
         t = self.cfg.train
         model = self.model
         model.train()
         if self.step == 0:
             model.on_train_start(self.batches.get(0))
-        steps_per_epoch = len(self.batches)
-        val_every = t.val_every or steps_per_epoch
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not t.progress or None,
-                   desc=f"{self.cfg.model_name}", unit="step", dynamic_ncols=True, file=sys.stderr)
-        tick, tick_step = time.perf_counter(), self.step
-        started = time.perf_counter()
+        forward = self._forward()  # after on_train_start: DDP starts every process from rank 0's weights
+        val_every = t.val_every or len(self.batches)
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (t.progress and self.procs.main) or None,
+                   desc=self.cfg.model_name, unit="step", dynamic_ncols=True, file=sys.stderr)
+        started = tick = time.perf_counter()
+        tick_step = self.step
         try:
             while self.step < self.total_steps:
-                x = self.batches.get(self.step)
                 model.step = self.step
-                out = model.loss(x)
-                if not torch.isfinite(out.total):
-                    name = next((k for k, v in out.terms.items() if not torch.isfinite(v)), "total")
-                    value = float(out.terms.get(name, out.total).detach())
-                    raise NonFinite(f"step {self.step + 1}: loss term '{name}' is {value}; training stopped, "
-                                    f"the last good checkpoint (step {self.last_checkpoint}) is kept in {self.run.path}")
+                total, terms = forward(self.batches.get(self.step))
+                if not self._all_finite(total):
+                    name = next((k for k, v in terms.items() if not torch.isfinite(v)), "total")
+                    raise self._stopped(f"loss term '{name}' is {float(terms.get(name, total).detach())}")
                 self.optimizer.zero_grad(set_to_none=True)
-                out.total.backward()
+                total.backward()
                 if t.grad_clip:
                     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
                     if not torch.isfinite(norm):
-                        raise NonFinite(f"step {self.step + 1}: gradient norm is {float(norm)}; training stopped, "
-                                        f"the last good checkpoint (step {self.last_checkpoint}) is kept in {self.run.path}")
+                        raise self._stopped(f"gradient norm is {float(norm)}")
                 self.optimizer.step()
                 self.schedule.step()
                 self.step += 1
-                for k, v in {"loss": out.total, **out.terms}.items():
+                for k, v in {"loss": total, **terms}.items():
                     self.log_sums[k] = self.log_sums.get(k, 0.0) + float(v.detach())
                 self.log_count += 1
                 bar.update(1)
-                if self.step % t.log_every == 0 or self.step == self.total_steps:
-                    now = time.perf_counter()
-                    rate = (self.step - tick_step) * t.batch_size / max(now - tick, 1e-9)
-                    record = {"step": self.step, "epoch": self.step / steps_per_epoch, "split": "train",
-                              **{k: v / self.log_count for k, v in self.log_sums.items()},
-                              "lr": self.schedule.get_last_lr()[0], "samples_per_s": rate,
-                              "time_s": now - started}
-                    self.log(record)
+                last = self.step == self.total_steps
+                if self.step % t.log_every == 0 or last:
+                    record = self._log_train(started, tick, tick_step)
                     bar.set_postfix(loss=f"{record['loss']:.4g}")
-                    self.log_sums, self.log_count = {}, 0
-                    tick, tick_step = now, self.step
-                if self.val is not None and (self.step % val_every == 0 or self.step == self.total_steps):
-                    self.log({"step": self.step, "epoch": self.step / steps_per_epoch, "split": "val", **self.validate()})
-                if self.step % t.checkpoint_every == 0 or self.step == self.total_steps:
+                    tick, tick_step = time.perf_counter(), self.step
+                if self.val is not None and self.procs.main and (self.step % val_every == 0 or last):
+                    self.log({"step": self.step, "epoch": self.step / len(self.batches), "split": "val", **self.validate()})
+                if self.step % t.checkpoint_every == 0 or last:
                     self.checkpoint()
         except KeyboardInterrupt:
-            bar.close()
-            self.checkpoint()
-            raise AezooError(f"interrupted at step {self.step}; `aezoo resume {self.run.path}` continues") from None
+            if self.procs.world == 1:
+                bar.close()
+                self.checkpoint()
+            raise AezooError(f"interrupted at step {self.step}; `aezoo resume {self.run.path}` continues from "
+                             f"step {self.last_checkpoint}") from None
         finally:
             bar.close()
 
 
-def _prepare(cfg: RunConfig) -> tuple[Dataset, torch.device]:
+def _prepare(cfg: RunConfig) -> tuple[Dataset, torch.device, Processes]:
     """Load the data and fill the model's data shape: everything that can fail before a file is written."""
     device = pick_device(cfg.train.device)
+    procs = init_processes(device)
     dataset = load_dataset(cfg.data)
     cfg.model.data_shape = dataset.shape
     check = getattr(cfg.model, "validate", None)
     if check is not None:
         check()
-    return dataset, device
+    return dataset.to(device), device, procs
 
 
 def train(cfg: RunConfig, out: str | Path) -> RunFolder:
@@ -237,12 +331,14 @@ def train(cfg: RunConfig, out: str | Path) -> RunFolder:
     run = RunFolder(Path(out))
     if run.config.exists():
         raise AezooError(f"{run.path} already holds a run: `aezoo resume {run.path}` continues it, or choose another --out")
-    dataset, device = _prepare(cfg)
-    torch.manual_seed(cfg.train.seed)
-    trainer = Trainer(cfg, run, dataset.to(device), device)  # fails on bad input before any file is written
-    run.path.mkdir(parents=True, exist_ok=True)
-    with run.lock():
-        write_json(run.config, to_dict(cfg))
+    dataset, device, procs = _prepare(cfg)
+    torch.manual_seed(cfg.train.seed)  # the same initial weights in every process
+    trainer = Trainer(cfg, run, dataset, device, procs)  # fails on bad input before any file is written
+    torch.manual_seed(cfg.train.seed + procs.rank)  # but each process its own noise
+    procs.barrier()  # every process has checked the folder before the first one writes to it
+    with _main_process_owns(run, procs):
+        if procs.main:
+            write_json(run.config, to_dict(cfg))
         trainer.fit()
     return run
 
@@ -253,12 +349,24 @@ def resume(path: str | Path) -> RunFolder:
         raise AezooError(f"{run.path}: no run here (config.json missing)")
     cfg = registry.load_run_config(run.path)
     state = load_state(run.state)
-    dataset, device = _prepare(cfg)
-    with run.lock():
-        trainer = Trainer(cfg, run, dataset.to(device), device)
+    dataset, device, procs = _prepare(cfg)
+    with _main_process_owns(run, procs):
+        trainer = Trainer(cfg, run, dataset, device, procs)
         trainer.restore(state)
         if trainer.step >= trainer.total_steps:
-            print(f"{run.path}: already finished ({trainer.step} steps)", file=sys.stderr)
+            if procs.main:
+                print(f"{run.path}: already finished ({trainer.step} steps)", file=sys.stderr)
             return run
         trainer.fit()
     return run
+
+
+@contextlib.contextmanager
+def _main_process_owns(run: RunFolder, procs: Processes):
+    """Process 0 creates the folder and holds its lock; the others write nothing."""
+    if not procs.main:
+        yield
+        return
+    run.path.mkdir(parents=True, exist_ok=True)
+    with run.lock():
+        yield
