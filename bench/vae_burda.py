@@ -4,9 +4,10 @@ Trains configs/vae_burda2015.toml (784-200-200-50 tanh, Bernoulli, all 60k train
 their staged learning-rate schedule) for a budget of epochs. The curve uses k = 1000 importance samples
 on the first 2,000 test images; the final number uses k = 5000 on all 10,000 (the paper's protocol;
 anchor 86.76 nats after 3,280 epochs). The staged schedule depends only on the epoch, so training in
-segments (raise train.epochs, resume) gives exactly the run that one call would.
+segments (raise train.epochs, resume) gives exactly the run that one call would; with --out, an
+interrupted benchmark continues from its run folder and the curve measured so far.
 
-    .venv/bin/python bench/vae_burda.py --epochs 30
+    .venv/bin/python bench/vae_burda.py --epochs 30 [--out /tmp/bench_vae]
 """
 
 from __future__ import annotations
@@ -55,10 +56,14 @@ def main() -> None:
     tree.pop("model_name")
     points = sorted({e for e in map(int, args.points.split(",")) if e < args.epochs} | {args.epochs})
     run = Path(args.out or tempfile.mkdtemp()) / "vae_burda"
-    curve, train_time = [], 0.0
-    for i, epochs in enumerate(points):
+    progress = run / "bench_curve.json"
+    curve = json.loads(progress.read_text()) if progress.exists() else []
+    train_time = curve[-1]["train_wall_s"] if curve else 0.0
+    for epochs in points:
+        if any(c["epoch"] == epochs for c in curve):
+            continue
         t0 = time.perf_counter()
-        if i == 0:
+        if not (run / "config.json").exists():
             cfg = make_run_config("vae", entry("vae").config_class,
                                   merge(tree, parse_overrides([f"train.epochs={epochs}", "train.progress=false"])))
             train(cfg, run)
@@ -70,6 +75,7 @@ def main() -> None:
         train_time += time.perf_counter() - t0
         nll = test_nll(run, 1000, 2000)
         curve.append({"epoch": epochs, "train_wall_s": round(train_time, 1), "nll_k1000_first2000": round(nll, 3)})
+        progress.write_text(json.dumps(curve))
         print(curve[-1], flush=True)
 
     rates = [json.loads(line)["samples_per_s"] for line in (run / "metrics.jsonl").read_text().splitlines()

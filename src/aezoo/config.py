@@ -82,6 +82,7 @@ class EvalConfig:
     nll_k: int = number(100, 1)  # importance samples for the IWAE estimate of -log p(x)
     nll_batch: int = number(50_000, 1)  # decoder evaluations per chunk of the IWAE estimate
     limit: int = number(0, 0)  # evaluate on the first N examples only (0: all)
+    metric_samples: int = number(10_000, 100)  # images drawn from the factor grid for the disentanglement metrics
 
 
 @dataclass
@@ -100,6 +101,20 @@ class RunConfig:
 def _field_types(cls) -> dict[str, object]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _number(value, key: str, kind: str) -> int | float:
+    """An int or float from a number or its text ('1e-3', '10_000'); bools and the rest are refused."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        text = value.strip().replace("_", "")
+        for parse in (int, float):
+            try:
+                return parse(text)
+            except ValueError:
+                pass
+    raise AezooError(f"{key} must be {kind}, got {value!r}")
 
 
 def _coerce(value, annotation, key: str):
@@ -130,32 +145,15 @@ def _coerce(value, annotation, key: str):
             return value.lower() in ("true", "1", "yes")
         raise AezooError(f"{key} must be true or false, got {value!r}")
     if annotation is int:
-        if isinstance(value, bool):
+        number_ = _number(value, key, "an integer")
+        if isinstance(number_, float) and not (math.isfinite(number_) and number_.is_integer()):
             raise AezooError(f"{key} must be an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        try:
-            return int(str(value).replace("_", ""))
-        except ValueError:
-            try:
-                as_float = float(value)
-            except ValueError:
-                as_float = math.nan
-            if as_float.is_integer():
-                return int(as_float)
-            raise AezooError(f"{key} must be an integer, got {value!r}") from None
+        return int(number_)
     if annotation is float:
-        if isinstance(value, bool):
-            raise AezooError(f"{key} must be a number, got {value!r}")
-        try:
-            out = float(value)
-        except (TypeError, ValueError):
-            raise AezooError(f"{key} must be a number, got {value!r}") from None
-        if not math.isfinite(out):
+        number_ = float(_number(value, key, "a number"))
+        if not math.isfinite(number_):
             raise AezooError(f"{key} must be a finite number, got {value!r}")
-        return out
+        return number_
     if annotation is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise AezooError(f"{key} must be a string, got {value!r}")

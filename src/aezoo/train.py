@@ -54,6 +54,8 @@ class RunFolder:
         except BlockingIOError:
             handle.close()
             raise AezooError(f"{self.path} is in use by another aezoo process") from None
+        for stale in self.path.glob(".*.tmp"):  # left by a process killed while writing
+            stale.unlink()
         return handle
 
 
@@ -326,35 +328,45 @@ def _prepare(cfg: RunConfig) -> tuple[Dataset, torch.device, Processes]:
     return dataset.to(device), device, procs
 
 
+def _new_trainer(cfg: RunConfig, run: RunFolder) -> Trainer:
+    dataset, device, procs = _prepare(cfg)
+    torch.manual_seed(cfg.train.seed)  # the same initial weights in every process
+    trainer = Trainer(cfg, run, dataset, device, procs)  # fails on bad input before any file is written
+    torch.manual_seed(cfg.train.seed + procs.rank)  # but each process its own noise
+    return trainer
+
+
 def train(cfg: RunConfig, out: str | Path) -> RunFolder:
     """A new run in folder `out` (which must not hold a run already)."""
     run = RunFolder(Path(out))
     if run.config.exists():
         raise AezooError(f"{run.path} already holds a run: `aezoo resume {run.path}` continues it, or choose another --out")
-    dataset, device, procs = _prepare(cfg)
-    torch.manual_seed(cfg.train.seed)  # the same initial weights in every process
-    trainer = Trainer(cfg, run, dataset, device, procs)  # fails on bad input before any file is written
-    torch.manual_seed(cfg.train.seed + procs.rank)  # but each process its own noise
-    procs.barrier()  # every process has checked the folder before the first one writes to it
-    with _main_process_owns(run, procs):
-        if procs.main:
+    trainer = _new_trainer(cfg, run)
+    trainer.procs.barrier()  # every process has checked the folder before the first one writes to it
+    with _main_process_owns(run, trainer.procs):
+        if trainer.procs.main:
             write_json(run.config, to_dict(cfg))
         trainer.fit()
     return run
 
 
 def resume(path: str | Path) -> RunFolder:
+    """Continue a run from its last checkpoint (from step 0 if it stopped before the first one)."""
     run = RunFolder(Path(path))
     if not run.config.exists():
         raise AezooError(f"{run.path}: no run here (config.json missing)")
     cfg = registry.load_run_config(run.path)
-    state = load_state(run.state)
-    dataset, device, procs = _prepare(cfg)
-    with _main_process_owns(run, procs):
-        trainer = Trainer(cfg, run, dataset, device, procs)
-        trainer.restore(state)
+    state = load_state(run.state) if run.state.exists() else None
+    trainer = _new_trainer(cfg, run)
+    with _main_process_owns(run, trainer.procs):
+        if state is None:
+            if trainer.procs.main:
+                print(f"{run.path}: no checkpoint yet, starting from step 0", file=sys.stderr)
+                run.metrics.unlink(missing_ok=True)
+        else:
+            trainer.restore(state)
         if trainer.step >= trainer.total_steps:
-            if procs.main:
+            if trainer.procs.main:
                 print(f"{run.path}: already finished ({trainer.step} steps)", file=sys.stderr)
             return run
         trainer.fit()
