@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 from torch.distributions import Bernoulli, Normal
 
 import aezoo
@@ -15,7 +16,11 @@ from aezoo.data import load_dataset
 from aezoo.data.sequences import moving_frames, oscillator, random_directions
 from aezoo.errors import AezooError
 from aezoo.models.tdvae import line_images, sample_pairs
-from conftest import run_cli
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
 
 SMALL = {"hidden": (16,), "latent_dim": 3, "belief_dim": 8, "block_hidden": 8, "max_jump": 3}
 
@@ -194,18 +199,16 @@ def test_moving_mnist_is_deterministic_and_made_of_mnist_digits():
         for i in range(40):
             assert torch.equal(a.x[split][i, 7], mnist.x[split][i].roll(int(shift[i]) * 7, dims=-1))
     assert a.kind == "sequence" and a.shape == (20, 1, 28, 28)
-    g = lambda s: torch.Generator().manual_seed(s)  # noqa: E731
-    assert torch.equal(random_directions(100, g(1)), random_directions(100, g(1)))
-    assert not torch.equal(random_directions(100, g(1)), random_directions(100, g(2)))
+    assert torch.equal(random_directions(100, gen(1)), random_directions(100, gen(1)))
+    assert not torch.equal(random_directions(100, gen(1)), random_directions(100, gen(2)))
 
 
 def test_oscillator_is_deterministic_and_harmonic():
-    g = lambda s: torch.Generator().manual_seed(s)  # noqa: E731
-    y = oscillator(50, g(0))
+    y = oscillator(50, gen(0))
     assert y.shape == (50, 40, 1) and y.dtype == torch.float32
-    assert torch.equal(y, oscillator(50, g(0))) and not torch.equal(y, oscillator(50, g(1)))
+    assert torch.equal(y, oscillator(50, gen(0))) and not torch.equal(y, oscillator(50, gen(1)))
     # Without noise p_{t+1} + p_{t-1} = 2 cos(omega) p_t, one omega in [0.2, 0.5] per sequence.
-    p = oscillator(50, g(0), velocity_noise=0.0, observation_noise=0.0)[..., 0].double()
+    p = oscillator(50, gen(0), velocity_noise=0.0, observation_noise=0.0)[..., 0].double()
     lhs, mid = p[:, 2:] + p[:, :-2], p[:, 1:-1]
     k = (lhs * mid).sum(1) / (mid * mid).sum(1)
     assert torch.allclose(lhs, k[:, None] * mid, atol=1e-5)

@@ -74,8 +74,7 @@ def oscillator(n: int, generator: torch.Generator, length: int = 40, omega=(0.2,
     """(n, length, 1) noisy observations y_t = p_t + observation_noise * e_t of an oscillator with angular
     frequency omega (radians per step, drawn per sequence): each step rotates (p, v / omega) by omega,
     the exact solution of p'' = -omega^2 p over one step, then adds velocity_noise * e to v."""
-    u = lambda lo_hi: lo_hi[0] + (lo_hi[1] - lo_hi[0]) * torch.rand(n, generator=generator, dtype=torch.float64)  # noqa: E731
-    w, a = u(omega), u(amplitude)
+    w, a = (lo + (hi - lo) * torch.rand(n, generator=generator, dtype=torch.float64) for lo, hi in (omega, amplitude))
     phase = 2 * math.pi * torch.rand(n, generator=generator, dtype=torch.float64)
     p, v = a * torch.cos(phase), -a * w * torch.sin(phase)
     cos, sin = torch.cos(w), torch.sin(w)

@@ -70,7 +70,9 @@ class TDVAEConfig(ModelConfig, BackboneConfig):
     likelihood: str = choice("auto", "bernoulli", "gaussian", "gaussian_learned")
     sigma: float = number(0.1, 0.0, None, lo_open=True)  # std of likelihood=gaussian: the data's noise level
 
-    def validate(self) -> None:
+    def check_shape(self) -> None:
+        """Rules that need the data's shape; checked when the model is built, since a config is
+        parsed (and validated) before the dataset fills in data_shape."""
         shape = tuple(self.data_shape)
         if len(shape) not in (2, 4):
             raise AezooError(f"tdvae needs sequences, (T, D) vectors or (T, C, H, W) frames; data has shape {shape}")
@@ -155,6 +157,7 @@ class TDVAE(Model):
     def __init__(self, config: TDVAEConfig):
         super().__init__(config)
         c = config
+        c.check_shape()
         self.frame_shape = tuple(c.data_shape[1:])
         self.likelihood = make_likelihood(c.likelihood_name, c.sigma)
         state = c.latent_dim * c.layers
@@ -240,9 +243,10 @@ class TDVAE(Model):
         z = self.current_state(x)
         return torch.stack([self.decode(self.transition(z, d)) for d in jumps], dim=1)
 
-    def rollout(self, x: torch.Tensor, intervals, z: torch.Tensor | None = None) -> torch.Tensor:
-        """A rollout: from z_t ~ p_B(. | b_t) (or the given z), jump by each interval in turn, decode
-        every state reached: (B, len(intervals), *frame) at times t + cumsum(intervals)."""
+    def rollout(self, x: torch.Tensor | None, intervals, z: torch.Tensor | None = None) -> torch.Tensor:
+        """A rollout: from z_t ~ p_B(. | b_t) after the frames x (or from the given z, x unused), jump by
+        each interval in turn, decode every state reached: (B, len(intervals), *frame), the frames
+        expected at t + cumsum(intervals)."""
         z = self.current_state(x) if z is None else z
         frames = []
         for d in intervals:
