@@ -106,3 +106,19 @@ def test_learning_rate_schedules():
     # stage i lasts 3^i epochs at 10^(-i/7): epochs 0 | 1-3 | 4-12 | ...
     assert [lr_factor(e * 5, burda, 10**6, 5) for e in (0, 1, 3, 4, 12, 13)] == pytest.approx(
         [1, 10 ** (-1 / 7), 10 ** (-1 / 7), 10 ** (-2 / 7), 10 ** (-2 / 7), 10 ** (-3 / 7)])
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_and_checkpoints_float32_weights(tmp_path, precision):
+    run = train(config("train.steps=6", "train.checkpoint_every=3", f"train.precision={precision}"), tmp_path / "r")
+    rows = metrics_without_times(run)
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    state = torch.load(run.state, weights_only=True)
+    assert bool(state["scaler"]) == (precision == "fp16")
+    assert all(t.dtype == torch.float32 for t in load_weights(run.weights).values())  # weights stay float32
+
+
+def test_a_scaler_that_skips_every_step_stops_the_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.amp.GradScaler, "get_scale", lambda self, _calls=iter(range(10**6, 0, -1)): float(next(_calls)))
+    with pytest.raises(AezooError, match="overflowed 20 steps in a row"):
+        train(config("train.steps=40", "train.precision=fp16"), tmp_path / "r")

@@ -147,6 +147,8 @@ class Trainer:
         self.total_steps = t.steps or t.epochs * len(self.batches)
         self.optimizer = make_optimizer(self.model.parameters(), t)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, t, self.total_steps, len(self.batches)))
+        self.scaler = torch.amp.GradScaler(device.type) if t.precision == "fp16" else None
+        self.skipped_in_a_row = 0
         self.step = 0
         self.last_checkpoint = 0
         self.log_sums: dict[str, float] = {}
@@ -159,6 +161,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else {},
             "rng": self.gather_rng(),
             "log_sums": dict(self.log_sums),
             "log_count": self.log_count,
@@ -190,6 +193,8 @@ class Trainer:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.schedule.load_state_dict(state["schedule"])
+            if self.scaler:
+                self.scaler.load_state_dict(state["scaler"])
             if len(state["rng"]) != self.procs.world:
                 raise ValueError(f"it was saved by {len(state['rng'])} processes, this run has {self.procs.world}")
             mine = state["rng"][self.procs.rank]
@@ -231,12 +236,45 @@ class Trainer:
         return {k: v / n for k, v in sums.items()}
 
     def _forward(self):
-        """The loss function of one step: the model's own, or through DDP when there are several processes."""
-        if self.procs.world == 1:
-            return lambda x: (lambda out: (out.total, out.terms))(self.model.loss(x))
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        # Some models leave parameters unused in some steps (layer-wise pretraining, a single active level).
-        return nn.parallel.DistributedDataParallel(_LossModule(self.model), device_ids=ids, find_unused_parameters=True)
+        """The loss function of one step: the model's own, or through DDP when there are several
+        processes; under autocast when mixed precision is asked (models keep float32 where it matters)."""
+        module = _LossModule(self.model)
+        if self.procs.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # Some models leave parameters unused in some steps (layer-wise pretraining, a single active level).
+            module = nn.parallel.DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
+        precision = self.cfg.train.precision
+        if precision == "fp32":
+            return module
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+
+        def autocast_forward(x):
+            with torch.autocast(self.device.type, dtype=dtype):
+                return module(x)
+
+        return autocast_forward
+
+    def _optimizer_step(self, total: torch.Tensor) -> None:
+        t = self.cfg.train
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is None:
+            total.backward()
+        else:
+            self.scaler.scale(total).backward()
+            self.scaler.unscale_(self.optimizer)
+        if t.grad_clip:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+            if self.scaler is None and not torch.isfinite(norm):
+                raise self._stopped(f"gradient norm is {float(norm)}")
+        if self.scaler is None:
+            self.optimizer.step()
+            return
+        scale = self.scaler.get_scale()
+        self.scaler.step(self.optimizer)  # skipped when fp16 gradients overflowed
+        self.scaler.update()
+        self.skipped_in_a_row = self.skipped_in_a_row + 1 if self.scaler.get_scale() < scale else 0
+        if self.skipped_in_a_row >= 20:  # the scale fell 2^20-fold: not an overflow a scaler can fix
+            raise self._stopped("fp16 gradients overflowed 20 steps in a row (try train.precision=bf16)")
 
     def _all_finite(self, total: torch.Tensor) -> bool:
         ok = torch.isfinite(total.detach()).to(torch.float32)
@@ -284,13 +322,7 @@ class Trainer:
                 if not self._all_finite(total):
                     name = next((k for k, v in terms.items() if not torch.isfinite(v)), "total")
                     raise self._stopped(f"loss term '{name}' is {float(terms.get(name, total).detach())}")
-                self.optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                if t.grad_clip:
-                    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-                    if not torch.isfinite(norm):
-                        raise self._stopped(f"gradient norm is {float(norm)}")
-                self.optimizer.step()
+                self._optimizer_step(total)
                 self.schedule.step()
                 self.step += 1
                 for k, v in {"loss": total, **terms}.items():
