@@ -69,6 +69,8 @@ class TrainConfig:
     checkpoint_every: int = number(1000, 1)  # steps between checkpoints (one is also written at the end)
     val_every: int = number(0, 0)  # steps between validation passes (0: once an epoch)
     progress: bool = True
+    # Mixed precision: autocast to bf16, or fp16 with a gradient scaler (GPU); fp32 is exact resume's home.
+    precision: str = choice("fp32", "bf16", "fp16")
 
     def __post_init__(self):
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
