@@ -151,7 +151,7 @@ class Trainer:
         self.skipped_in_a_row = 0
         self.step = 0
         self.last_checkpoint = 0
-        self.log_sums: dict[str, float] = {}
+        self.log_sums: dict[str, torch.Tensor | float] = {}
         self.log_count = 0
 
     # --- checkpoints ----------------------------------------------------------------------------
@@ -163,7 +163,7 @@ class Trainer:
             "schedule": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler else {},
             "rng": self.gather_rng(),
-            "log_sums": dict(self.log_sums),
+            "log_sums": {k: float(v) for k, v in self.log_sums.items()},
             "log_count": self.log_count,
         }
 
@@ -289,7 +289,7 @@ class Trainer:
     def _log_train(self, started: float, tick: float, tick_step: int) -> dict:
         """The means of the terms since the last line (averaged over processes) as one metrics line."""
         names = sorted(self.log_sums)
-        means = torch.tensor([self.log_sums[k] / self.log_count for k in names], dtype=torch.float64)
+        means = torch.tensor([float(self.log_sums[k]) / self.log_count for k in names], dtype=torch.float64)
         if self.procs.world > 1:
             means = means.to(self.device)
             dist.all_reduce(means)
@@ -325,8 +325,8 @@ class Trainer:
                 self._optimizer_step(total)
                 self.schedule.step()
                 self.step += 1
-                for k, v in {"loss": total, **terms}.items():
-                    self.log_sums[k] = self.log_sums.get(k, 0.0) + float(v.detach())
+                for k, v in {"loss": total, **terms}.items():  # summed on the device: no sync per step
+                    self.log_sums[k] = self.log_sums.get(k, 0.0) + v.detach().double()
                 self.log_count += 1
                 bar.update(1)
                 last = self.step == self.total_steps
