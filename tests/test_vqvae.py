@@ -1,0 +1,108 @@
+"""VQ-VAE maths: the quantiser against brute force and hand-computed EMA steps, the PixelCNN prior's
+causality by gradient, the prior's files, CIFAR-10 reading, and the stage-2 command line."""
+
+import math
+
+import pytest
+import torch
+
+from aezoo.quantize import QuantizerConfig, VectorQuantizer, nearest_code, perplexity, usage
+
+
+def quantizer(**kw) -> VectorQuantizer:
+    return VectorQuantizer(QuantizerConfig(**{"codebook_size": 16, "code_dim": 4, "restart_after": 0, **kw}))
+
+
+# --- the quantiser --------------------------------------------------------------------------------
+def test_nearest_code_matches_brute_force():
+    z, codebook = torch.randn(300, 4), torch.randn(16, 4)
+    brute = torch.tensor([min(range(16), key=lambda i: float(((v - codebook[i]) ** 2).sum())) for v in z])
+    assert torch.equal(nearest_code(z, codebook), brute)
+    vq = quantizer().eval()
+    with torch.no_grad():
+        vq.codebook.copy_(codebook)
+    z_e = torch.randn(3, 4, 5, 6)
+    out = vq(z_e)
+    flat = z_e.movedim(1, -1).reshape(-1, 4)
+    brute = ((flat[:, None] - codebook[None]) ** 2).sum(-1).argmin(1)
+    assert out.codes.shape == (3, 5, 6) and torch.equal(out.codes.flatten(), brute)
+    assert torch.allclose(out.z_q, codebook[out.codes].movedim(-1, 1))
+    sq = ((flat - codebook[brute]) ** 2).sum() / 3
+    assert torch.allclose(out.codebook_loss, sq) and torch.allclose(out.commitment_loss, sq)
+
+
+def test_straight_through_and_codebook_gradient_in_gradient_mode():
+    vq = quantizer(codebook_update="gradient", beta=0.25).train()
+    z_e = torch.randn(2, 4, 3, 3, requires_grad=True)
+    out = vq(z_e)
+    w = torch.randn_like(out.z_q)
+    (out.z_q * w).sum().backward()  # a decoder's loss: the gradient is copied to z_e, none reaches e
+    assert torch.equal(z_e.grad, w) and vq.codebook.grad is None
+
+    z_e.grad = None
+    vq(z_e).commitment_loss.backward()  # commitment: only the encoder moves
+    assert vq.codebook.grad is None
+    flat = z_e.detach().movedim(1, -1).reshape(-1, 4)
+    e = vq.codebook.detach()[out.codes.flatten()]
+    assert torch.allclose(z_e.grad.movedim(1, -1).reshape(-1, 4), 2 * (flat - e) / 2)
+
+    z_e.grad = None
+    vq(z_e).codebook_loss.backward()  # codebook term: only the codebook moves, d/de_i = 2 sum_(k_n=i) (e_i - z_n) / B
+    assert z_e.grad is None
+    expected = torch.zeros(16, 4).index_add_(0, out.codes.flatten(), 2 * (e - flat) / 2)
+    assert torch.allclose(vq.codebook.grad, expected, atol=1e-6)
+
+
+def test_ema_step_equals_the_formula():
+    gamma, eps, k = 0.9, 1e-3, 4
+    vq = quantizer(codebook_size=k, code_dim=2, ema_decay=gamma, ema_epsilon=eps).train()
+    codebook = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [-50.0, -50.0]])
+    with torch.no_grad():
+        vq.codebook.copy_(codebook)
+        vq.ema_sum.copy_(codebook)
+    z = torch.tensor([[1.0, 0.5], [-0.5, 0.2], [9.0, 1.0], [0.5, 11.0], [1.0, 9.0], [0.2, 0.1]])
+    vq(z.t().reshape(1, 2, 6))  # one batch, six positions
+    assign = [[0, 1, 5], [2], [3, 4], []]
+    n_new = torch.tensor([3.0, 1.0, 2.0, 0.0])
+    N = gamma * 1.0 + (1 - gamma) * n_new
+    m = torch.stack([gamma * codebook[i] + (1 - gamma) * (z[a].sum(0) if a else torch.zeros(2)) for i, a in enumerate(assign)])
+    n = N.sum()
+    e = m / ((N + eps) / (n + k * eps) * n)[:, None]
+    assert torch.allclose(vq.ema_count, N) and torch.allclose(vq.ema_sum, m) and torch.allclose(vq.codebook, e)
+
+
+def test_dead_code_is_restarted_from_encoder_outputs():
+    vq = quantizer(codebook_size=4, code_dim=2, restart_after=2, codebook_update="gradient").train()
+    with torch.no_grad():
+        vq.codebook.copy_(torch.tensor([[0.0, 0.0], [1.0, 1.0], [-1.0, 1.0], [100.0, 100.0]]))
+    z = torch.randn(1, 2, 50) * 0.3
+    vq(z)
+    assert torch.equal(vq.codebook[3], torch.tensor([100.0, 100.0]))  # one step unused: not yet
+    vq(z)
+    outputs = z[0].t()
+    assert ((outputs - vq.codebook[3]).abs().sum(1) == 0).any()  # now one of the batch's encoder outputs
+    assert int(vq.unused_steps[3]) == 0
+    vq.eval()
+    assert (vq(z).counts > 0).sum() >= 1
+
+
+def test_kmeans_init_finds_clusters():
+    centres = torch.tensor([[5.0, 0.0], [-5.0, 0.0], [0.0, 5.0]])
+    z = (centres[torch.arange(300) % 3] + 0.1 * torch.randn(300, 2)).t().reshape(1, 2, 300)
+    vq = quantizer(codebook_size=3, code_dim=2)
+    vq.kmeans_init(z, iters=10)
+    found = vq.codebook[nearest_code(centres, vq.codebook)]
+    assert torch.allclose(found, centres, atol=0.1) and len(set(nearest_code(centres, vq.codebook).tolist())) == 3
+    assert torch.allclose(vq.ema_sum, vq.codebook) and torch.equal(vq.ema_count, torch.ones(3))
+
+
+def test_float32_under_autocast_and_health_numbers():
+    vq = quantizer().eval()
+    z = torch.randn(2, 4, 3, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = vq(z.to(torch.bfloat16))
+    assert out.z_q.dtype == torch.float32 and out.codebook_loss.dtype == torch.float32
+    assert torch.equal(out.codes, vq(z.to(torch.bfloat16).float()).codes)
+    counts = torch.tensor([5.0, 5.0, 0.0, 0.0])
+    assert math.isclose(float(perplexity(counts)), 2.0, rel_tol=1e-6) and float(usage(counts)) == 0.5
+    assert math.isclose(float(perplexity(torch.tensor([1.0, 0.0]))), 1.0)
