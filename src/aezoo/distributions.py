@@ -57,8 +57,9 @@ class DiagonalGaussian:
 
     @staticmethod
     def from_params(params: torch.Tensor, min_logvar: float = -30.0) -> "DiagonalGaussian":
-        """Split (..., 2D) into mean and log-variance; the clamp only guards exp() against underflow."""
-        mean, logvar = params.chunk(2, dim=-1)
+        """Split (..., 2D) into mean and log-variance, in float32 even under autocast (the KL and
+        log-densities need it); the clamp only guards exp() against underflow."""
+        mean, logvar = params.float().chunk(2, dim=-1)
         return DiagonalGaussian(mean, logvar.clamp(min=min_logvar))
 
 
