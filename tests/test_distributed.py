@@ -34,3 +34,16 @@ def test_two_processes_match_one(tmp_path):
     assert train_steps == [4, 8, 12]  # written once, by process 0
     state = torch.load(tmp_path / "ddp" / "resume.pt", weights_only=True)
     assert state["step"] == 12 and len(state["rng"]) == 2  # each process's generators, for resume
+
+
+def test_two_processes_resume_exactly(tmp_path):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29518", "-m", "aezoo"]
+    args = [a if a != "12" else "6" for a in ARGS]  # the same run, stopped at step 6 ...
+    run([*torchrun, *ARGS, "--out", str(tmp_path / "whole")])
+    run([*torchrun, *args, "--out", str(tmp_path / "split")])
+    config = json.loads((tmp_path / "split" / "config.json").read_text())
+    config["train"]["steps"] = 12  # ... then asked for 12 and resumed by two processes
+    (tmp_path / "split" / "config.json").write_text(json.dumps(config))
+    run([*torchrun, "resume", str(tmp_path / "split")])
+    a, b = load_weights(tmp_path / "whole" / "model.safetensors"), load_weights(tmp_path / "split" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
