@@ -82,7 +82,7 @@ class EvalConfig:
     split: str = choice("test", "val", "train")
     batch_size: int = number(500, 1)
     nll_k: int = number(100, 1)  # importance samples for the IWAE estimate of -log p(x)
-    nll_batch: int = number(50_000, 1)  # decoder evaluations per chunk of the IWAE estimate
+    nll_batch: int = number(5_000, 1)  # decoder evaluations per chunk of the IWAE estimate (a 64x64 conv decoder holds ~0.5 MB per evaluation)
     limit: int = number(0, 0)  # evaluate on the first N examples only (0: all)
     metric_samples: int = number(10_000, 100)  # images drawn from the factor grid for the disentanglement metrics
 

@@ -5,6 +5,18 @@ q_phi(z|x) = N(mu(x), diag(sigma^2(x))) is trained with p_theta(x|z) by maximisi
 with z = mu + sigma * eps (reparameterisation trick) and the KL in closed form. The negative log
 likelihood is estimated with the importance-weighted bound of Burda et al. (2016, eq. 8):
   log p(x) >= E[log 1/k sum_i p(x, z_i) / q(z_i|x)],  z_i ~ q(z|x), tightening as k grows.
+
+Two options weigh the KL differently (survey, section "Beta-VAE"); both are pure functions of the
+training step, so a resumed run follows the same schedule:
+- objective="beta" minimises L_BETA = -E_q[log p(x|z)] + beta * KL (Higgins et al. 2017; the survey's
+  L_BETA); beta = 1 is the ELBO, beta > 1 presses the posterior towards the factorised prior.
+- objective="capacity" minimises -E_q[log p(x|z)] + gamma * |KL - C| (Burgess et al. 2018),
+  the capacity C raised linearly from 0 to C_max nats over `capacity_steps` steps, so that the
+  posterior may encode more information, one factor after another, as training goes on.
+
+`beta_vae` is this class with the defaults of Burgess et al. (2018, appendix) for 64x64 dSprites:
+four 4x4 stride-2 convolutions of 32 channels, two fully connected layers of 256, 10 latent units,
+a Bernoulli likelihood, beta = 4, and latent traversals in its report.
 """
 
 from __future__ import annotations
@@ -15,7 +27,13 @@ from dataclasses import dataclass
 import torch
 
 from ..config import ModelConfig, choice, number
-from ..distributions import LIKELIHOODS, DiagonalGaussian, make_likelihood, standard_normal_log_prob
+from ..distributions import (
+    LIKELIHOODS,
+    DiagonalGaussian,
+    make_likelihood,
+    standard_normal_log_prob,
+)
+from ..metrics import evaluator as _disentanglement_evaluator  # noqa: F401  (registers it with `aezoo eval`)
 from ..nn import BackboneConfig, Decoder, Encoder
 from ..registry import register
 from .base import Loss, Model
@@ -26,6 +44,13 @@ class VAEConfig(ModelConfig, BackboneConfig):
     latent_dim: int = number(32, 1)
     likelihood: str = choice(*LIKELIHOODS)
     sigma: float = number(1.0, 0.0, None, lo_open=True)  # std of the fixed-variance Gaussian likelihood
+    objective: str = choice("beta", "capacity")  # how the KL enters the loss (module docstring)
+    beta: float = number(1.0, 0.0)  # the KL's weight when objective="beta"; 1: the ELBO
+    gamma: float = number(1000.0, 0.0, lo_open=True)  # weight of |KL - C| when objective="capacity"
+    capacity_max: float = number(25.0, 0.0)  # C_max in nats (Burgess et al.: 25 for dSprites)
+    capacity_steps: int = number(100_000, 0)  # steps over which C rises from 0 to C_max (0: C_max at once)
+    # validation passes also report each unit's KL as kl_<i>, for the plot of KL per unit over training
+    log_kl_units: bool = False
 
 
 @register("vae", "variational autoencoder: Gaussian posterior, ELBO, IWAE estimate of -log p(x)",
@@ -40,7 +65,8 @@ class VAE(Model):
         self.decoder = Decoder(config, config.data_shape, config.latent_dim, self.likelihood.params_per_dim)
 
     def posterior(self, x: torch.Tensor) -> DiagonalGaussian:
-        return DiagonalGaussian.from_params(self.encoder(x))
+        # float32 even under mixed precision: the KL (and gamma * |KL - C|) is where precision matters
+        return DiagonalGaussian.from_params(self.encoder(x).float())
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The posterior mean (B, latent_dim): the representation to embed."""
@@ -57,12 +83,26 @@ class VAE(Model):
         recon = -self.likelihood.log_prob(self.decoder(z), x)
         return recon, q.kl_standard()
 
+    def capacity(self) -> float:
+        """C at the current step: C_max * min(1, step / capacity_steps) (Burgess et al. 2018)."""
+        c = self.config
+        return c.capacity_max * (min(1.0, self.step / c.capacity_steps) if c.capacity_steps else 1.0)
+
     def loss(self, x: torch.Tensor) -> Loss:
+        c = self.config
         recon, kl_units = self.elbo_parts(x)
         recon, kl = recon.mean(), kl_units.sum(1).mean()
-        return Loss(recon + kl, {"recon": recon, "kl": kl})
+        terms = {"recon": recon, "kl": kl}
+        if c.objective == "capacity":
+            terms["capacity"] = torch.tensor(self.capacity(), device=kl.device)
+            total = recon + c.gamma * (kl - terms["capacity"]).abs()
+        else:
+            total = recon + c.beta * kl
+        if c.log_kl_units and not self.training:
+            terms.update({f"kl_{i}": v for i, v in enumerate(kl_units.mean(0))})
+        return Loss(total, terms)
 
-    def log_weights(self, x: torch.Tensor, k: int, max_decodes: int = 50_000) -> torch.Tensor:
+    def log_weights(self, x: torch.Tensor, k: int, max_decodes: int = 5_000) -> torch.Tensor:
         """log p(x, z_i) - log q(z_i|x) for k samples z_i ~ q(z|x): (k, B), in chunks of samples so
         that at most `max_decodes` decoder evaluations are held at once."""
         q = self.posterior(x)
@@ -75,7 +115,7 @@ class VAE(Model):
             out.append(log_px + standard_normal_log_prob(z) - q.log_prob(z))
         return torch.cat(out)
 
-    def nll_iwae(self, x: torch.Tensor, k: int, max_decodes: int = 50_000) -> torch.Tensor:
+    def nll_iwae(self, x: torch.Tensor, k: int, max_decodes: int = 5_000) -> torch.Tensor:
         """The k-sample importance-weighted estimate of -log p(x), (B,); k = 1 gives -ELBO."""
         lw = self.log_weights(x, k, max_decodes).float()
         return -(torch.logsumexp(lw, 0) - math.log(k))
@@ -97,4 +137,45 @@ class VAE(Model):
             out["samples"] = self.sample(64).clamp(0, 1)
             n = min(8, len(x) // 2)
             out["interpolations"] = self.interpolate(x[:n], x[n : 2 * n]).clamp(0, 1).flatten(0, 1)
+        return out
+
+    def traversals(self, x: torch.Tensor, steps: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latent traversals (as in the figures of Higgins et al. 2017): starting from the posterior mean of x[0],
+        each unit in turn is swept over the range its posterior means take on the batch x, the others
+        held. Rows are ordered by the unit's mean KL on x, largest first (the informative units on top).
+        Returns the decodings (D * steps, *data_shape) and the units in row order (D,)."""
+        q = self.posterior(x)
+        order = q.kl_standard().mean(0).argsort(descending=True)
+        lo, hi = q.mean.min(0).values, q.mean.max(0).values
+        t = torch.linspace(0, 1, steps, device=x.device)
+        sweep = lo[order, None] + (hi - lo)[order, None] * t  # (D, steps)
+        z = q.mean[:1].repeat(len(order) * steps, 1).view(len(order), steps, -1)
+        z[torch.arange(len(order)), :, order] = sweep
+        return self.decode(z.flatten(0, 1)), order
+
+
+@dataclass
+class BetaVAEConfig(VAEConfig):
+    """The VAE's config with the defaults of Burgess et al. (2018, appendix) for 64x64 dSprites."""
+
+    data_shape: tuple[int, ...] = (1, 64, 64)
+    backbone: str = choice("conv", "mlp")
+    hidden: tuple[int, ...] = (256, 256)
+    channels: tuple[int, ...] = (32, 32, 32, 32)
+    latent_dim: int = number(10, 1)
+    beta: float = number(4.0, 0.0)
+    log_kl_units: bool = True
+
+
+@register("beta_vae", "beta-VAE (Higgins 2017) and capacity-annealed VAE (Burgess 2018); disentanglement metrics",
+          default_data="dsprites",
+          tiny={"data_shape": (1, 16, 16), "hidden": (16,), "channels": (4, 4), "latent_dim": 3,
+                "objective": "capacity", "capacity_steps": 10})
+class BetaVAE(VAE):
+    config_class = BetaVAEConfig
+
+    def visuals(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = super().visuals(x)
+        if x.dim() == 4:
+            out["traversals"] = self.traversals(x)[0].clamp(0, 1)  # 8 columns: one row per unit
         return out

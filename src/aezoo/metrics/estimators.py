@@ -1,0 +1,140 @@
+"""Small estimators the disentanglement metrics are built from, in numpy (and torch for one fit).
+
+Discretised mutual information (as in Chen et al. 2018's and Locatello et al. 2019's reference
+code), a multinomial logistic regression (the beta-VAE metric's linear classifier), a multi-output
+Lasso (the DCI importance estimate), a 1-D histogram classifier (SAP's discrete factors) and the
+FactorVAE metric's majority vote. Inputs are numpy arrays or torch tensors: `codes` (N, D) floats,
+`factors` (N, K) integer factor indices.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def as_numpy(a, dtype=None) -> np.ndarray:
+    """A numpy copy-free view of a numpy array or a (CPU or GPU) torch tensor."""
+    if isinstance(a, torch.Tensor):
+        a = a.detach().cpu().numpy()
+    a = np.asarray(a)
+    return a.astype(dtype, copy=False) if dtype is not None else a
+
+
+def check_pair(codes, factors) -> tuple[np.ndarray, np.ndarray]:
+    """(N, D) float64 codes and (N, K) int64 factors, with the same N (a 1-D array is one column)."""
+    c, f = as_numpy(codes, np.float64), as_numpy(factors)
+    c, f = (c[:, None] if c.ndim == 1 else c), (f[:, None] if f.ndim == 1 else f)
+    if c.ndim != 2 or f.ndim != 2 or len(c) != len(f):
+        raise ValueError(f"codes (N, D) and factors (N, K) must have the same N; got {c.shape} and {f.shape}")
+    if not np.issubdtype(f.dtype, np.integer) and not np.all(f == np.round(f)):
+        raise ValueError("factors must be integer indices (discretise continuous factors first)")
+    if not np.isfinite(c).all():
+        raise ValueError("codes contain NaN or inf")
+    return c, f.astype(np.int64)
+
+
+def discretize(x: np.ndarray, bins: int = 20) -> np.ndarray:
+    """Each column of (N, D) into `bins` equal-width bins between its min and max: (N, D) ints."""
+    lo, hi = x.min(0), x.max(0)
+    width = np.where(hi > lo, (hi - lo) / bins, 1.0)
+    return np.clip(((x - lo) / width).astype(np.int64), 0, bins - 1)
+
+
+def entropy(labels: np.ndarray) -> np.ndarray:
+    """Plug-in entropy in nats of each column of (N, K) integer labels: (K,)."""
+    out = []
+    for col in labels.T:
+        p = np.bincount(col - col.min()) / len(col)
+        p = p[p > 0]
+        out.append(-(p * np.log(p)).sum())
+    return np.array(out)
+
+
+def mutual_information(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Plug-in I(a_i; b_j) in nats between the columns of two (N, Da), (N, Db) integer arrays: (Da, Db)."""
+    a, b = a - a.min(0), b - b.min(0)
+    out = np.zeros((a.shape[1], b.shape[1]))
+    for i, ai in enumerate(a.T):
+        na = ai.max() + 1
+        for j, bj in enumerate(b.T):
+            nb = bj.max() + 1
+            joint = np.bincount(ai * nb + bj, minlength=na * nb).reshape(na, nb) / len(ai)
+            pa, pb = joint.sum(1, keepdims=True), joint.sum(0, keepdims=True)
+            nz = joint > 0
+            out[i, j] = (joint[nz] * np.log(joint[nz] / (pa @ pb)[nz])).sum()
+    return out
+
+
+def standardize(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
+    """Centre and scale by the training columns' mean and std (constant columns become 0)."""
+    mean, std = train.mean(0), train.std(0)
+    std = np.where(std > 0, std, np.inf)
+    return [(a - mean) / std for a in (train, *others)]
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float = 1e-4, iters: int = 100):
+    """Multinomial logistic regression (softmax of an affine map), L2-penalised, fitted by L-BFGS in
+    float64. Returns a function (M, D) -> (M,) predicted classes. x should be standardised."""
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
+    yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
+    w = torch.zeros(x.shape[1], n_classes, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=iters, tolerance_grad=1e-9, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(xt @ w + b, yt) + 0.5 * l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    w_, b_ = w.detach().numpy(), b.detach().numpy()
+    return lambda z: np.argmax(np.asarray(z, dtype=np.float64) @ w_ + b_, axis=1)
+
+
+def fit_lasso(x: np.ndarray, y: np.ndarray, alpha: float, iters: int = 1000, tol: float = 1e-8) -> np.ndarray:
+    """Weights W (D, T) minimising (1/2N) ||y - x W||^2 + alpha ||W||_1 for each target column, by
+    cyclic coordinate descent on the Gram matrix (no intercept: centre x and y first)."""
+    n = len(x)
+    gram, xy = x.T @ x / n, x.T @ y / n  # (D, D), (D, T)
+    w = np.zeros((x.shape[1], y.shape[1]))
+    for _ in range(iters):
+        largest = 0.0
+        for j in range(len(w)):
+            if gram[j, j] <= 0:
+                continue
+            rho = xy[j] - gram[j] @ w + gram[j, j] * w[j]
+            new = np.sign(rho) * np.maximum(np.abs(rho) - alpha, 0.0) / gram[j, j]
+            largest = max(largest, float(np.abs(new - w[j]).max()))
+            w[j] = new
+        if largest < tol:
+            break
+    return w
+
+
+def histogram_classifier(code: np.ndarray, label: np.ndarray, bins: int = 20):
+    """A 1-D classifier: the code's range cut into `bins` equal-width bins, each predicting its
+    majority label (the most frequent overall for empty bins). Returns a function (M,) -> (M,)."""
+    lo, hi = code.min(), code.max()
+    width = (hi - lo) / bins if hi > lo else 1.0
+    which = lambda c: np.clip(((c - lo) / width).astype(np.int64), 0, bins - 1)
+    counts = np.zeros((bins, label.max() + 1))
+    np.add.at(counts, (which(code), label), 1)
+    counts[counts.sum(1) == 0] = np.bincount(label, minlength=counts.shape[1])
+    table = counts.argmax(1)
+    return lambda c: table[which(np.asarray(c, dtype=np.float64))]
+
+
+def group_sampler(values: np.ndarray, rng: np.random.Generator):
+    """Draws members of `values` (N,) by value: returns `draw(v (M,), size) -> (M, size)` indices i
+    with values[i] == v[m], uniform within each value's members, with replacement."""
+    order = np.argsort(values, kind="stable")
+    uniq, start, count = np.unique(values[order], return_index=True, return_counts=True)
+
+    def draw(v: np.ndarray, size: int) -> np.ndarray:
+        slot = np.searchsorted(uniq, v)
+        offset = (rng.random((len(v), size)) * count[slot][:, None]).astype(np.int64)
+        return order[start[slot][:, None] + offset]
+
+    return draw

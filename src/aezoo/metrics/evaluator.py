@@ -1,0 +1,57 @@
+"""`aezoo eval` for data rendered from a factor grid (dsprites): the disentanglement metrics, and the
+plot of KL per latent unit over training.
+
+The metrics see `eval.metric_samples` images drawn uniformly from the whole grid with the evaluation
+seed (not the test split: the metrics are about the representation of every factor combination),
+encoded by the model (posterior means for VAEs). All five metrics are computed from these codes and
+their factors (see `scores` for how the interventional metrics sample their groups from them).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..data.dsprites import factor_grid
+from ..evaluate import EVAL_SEED, EvalContext, evaluator
+from ..plots import read_metrics, save_line_plot
+from . import scores
+
+
+@torch.no_grad()
+def encode_grid_sample(model, grid, n: int, batch_size: int, seed: int = EVAL_SEED, progress=lambda it, desc: it):
+    """(codes (n, D) float64 numpy, factors (n, K) int64 numpy) for n factor tuples drawn uniformly."""
+    factors = grid.sample(n, torch.Generator().manual_seed(seed))
+    device = next(model.parameters()).device
+    codes = [model.encode(grid.images(chunk, device).float()).flatten(1).double().cpu()
+             for chunk in progress(factors.split(batch_size), "disentanglement: encoding")]
+    return torch.cat(codes).numpy(), factors.numpy()
+
+
+@evaluator(lambda model, ds: factor_grid(ds) is not None and hasattr(model, "encode"))
+def disentanglement(ctx: EvalContext) -> dict:
+    """mig, betavae_score, factorvae_score, dci_* and sap of the model's codes (module docstring)."""
+    grid = factor_grid(ctx.dataset)
+    e = ctx.cfg.eval
+    codes, factors = encode_grid_sample(ctx.model, grid, e.metric_samples, e.batch_size, progress=ctx.progress)
+    dci = scores.dci(codes, factors, discrete=grid.categorical)
+    return {
+        "mig": scores.mig(codes, factors),
+        "betavae_score": scores.betavae_score(codes, factors),
+        "factorvae_score": scores.factorvae_score(codes, factors),
+        "dci_disentanglement": dci["disentanglement"],
+        "dci_completeness": dci["completeness"],
+        "dci_informativeness": dci["informativeness"],
+        "sap": scores.sap(codes, factors, discrete=grid.categorical),
+        "metric_samples": e.metric_samples,
+    }
+
+
+@evaluator(lambda model, ds: getattr(getattr(model, "config", None), "log_kl_units", False))
+def kl_per_unit_over_training(ctx: EvalContext) -> dict:
+    """plots/kl_per_unit_training.png from the kl_<i> terms of the validation passes in metrics.jsonl."""
+    records = [r for r in read_metrics(ctx.run.metrics) if r["split"] == "val" and "kl_0" in r]
+    if records:
+        units = sorted((k for k in records[0] if k.startswith("kl_") and k[3:].isdigit()), key=lambda k: int(k[3:]))
+        save_line_plot([r["step"] for r in records], {f"unit {k[3:]}": [r.get(k) for r in records] for k in units},
+                       ctx.run.plots / "kl_per_unit_training.png", "KL per latent unit (validation)", "step", "KL (nats)")
+    return {}
