@@ -45,7 +45,7 @@ class DataConfig:
     train_split: str = choice("train", "train+val")  # train+val: the 60k MNIST training images
     limit: int = number(0, 0)  # use only the first N examples of each split (0: all)
     pad_to: int = number(0, 0)  # zero-pad images to pad_to x pad_to (0: as they are)
-    file: str = ""  # an array file, for datasets read from one (sequences)
+    file: str = ""  # an array file, for datasets read from one (arrays, sequences)
 
 
 @dataclass
