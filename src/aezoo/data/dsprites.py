@@ -13,7 +13,7 @@ Nothing is downloaded or stored: an image is rendered from its factors when a ba
 (one vectorised pass over the batch's pixels), so the whole grid costs no memory and the data are
 the same on every machine. A pixel is on when its centre lies inside the shape (no anti-aliasing).
 Geometry: at scale 1 the square's side is 20 pixels, the ellipse's axes 20 and 10, the heart about
-20 wide; centres run over [16, 48] pixels, so every shape at every angle stays inside the frame.
+18 wide; centres run over [16, 48] pixels, so every shape at every angle stays inside the frame.
 The ellipse is symmetric under a half turn and the square under a quarter turn, so, as in the
 original, some orientations of those shapes give identical images.
 
