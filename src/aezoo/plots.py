@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -45,11 +46,12 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 
 def loss_terms(records: list[dict]) -> list[str]:
-    """The numeric non-bookkeeping keys of `records`, "loss" first, then in order of appearance."""
+    """The numeric non-bookkeeping keys of `records`, "loss" first, then in order of appearance.
+    Per-unit diagnostics (`kl_0`, `kl_1`, ...) are left to their own plot."""
     terms = {}
     for rec in records:
         for k, v in rec.items():
-            if k not in BOOKKEEPING and _is_number(v):
+            if k not in BOOKKEEPING and _is_number(v) and not re.fullmatch(r"kl_\d+", k):
                 terms[k] = None
     return sorted(terms, key=lambda k: k != "loss")  # stable: keeps first-seen order otherwise
 
