@@ -22,6 +22,7 @@ import torch
 
 from ..config import DataConfig
 from ..errors import AezooError
+from .arrays import read_splits
 from .base import SPLITS, Dataset, mix_seed, register_dataset
 from .mnist import load_mnist
 from .mnist import where as mnist_where
@@ -98,47 +99,13 @@ def load_oscillator(cfg: DataConfig) -> Dataset:
 
 
 # --- the user's own sequences -----------------------------------------------------------------------
-def _checked(array, path: Path, what: str) -> torch.Tensor:
-    if not isinstance(array, np.ndarray) or array.dtype.kind not in "uif":
-        kind = getattr(array, "dtype", type(array))
-        raise AezooError(f"{path}: {what} must hold numbers (integers or floats), not {kind}")
-    if array.ndim != 3:
-        raise AezooError(f"{path}: {what} must be N x T x D (3 dimensions); got shape {array.shape}")
-    if array.shape[1] < 2 or array.shape[2] < 1:
-        raise AezooError(f"{path}: {what} needs T >= 2 steps of D >= 1 values; got shape {array.shape}")
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise AezooError(f"{path}: {what} holds NaN or infinite values")
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-
-
 def read_sequences(path: Path) -> dict[str, torch.Tensor]:
-    """Splits from a .npy (one N x T x D array: first 80% train, next 10% validation, last 10% test, in
-    file order) or a .npz (arrays named train, val and test, or one array split as for .npy)."""
-    if not path.is_file():
-        raise AezooError(f"data.file: no such file: {path}")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        raise AezooError(f"{path}: not a readable .npy/.npz array file: {str(e).splitlines()[0]}") from None
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        with loaded:
-            names = set(loaded.files)
-            if set(SPLITS) <= names:
-                x = {s: _checked(loaded[s], path, f"array '{s}'") for s in SPLITS}
-                if len({v.shape[1:] for v in x.values()}) != 1:
-                    raise AezooError(f"{path}: train, val and test must have the same T x D; got "
-                                     + ", ".join(f"{s} {tuple(v.shape)}" for s, v in x.items()))
-                return x
-            if len(names) != 1:
-                raise AezooError(f"{path}: expected arrays named train, val and test, or a single array; found {sorted(names)}")
-            loaded = loaded[names.pop()]
-    a = _checked(loaded, path, "the array")
-    n = len(a)
-    if n < 3:
-        raise AezooError(f"{path}: {n} sequences; at least 3 are needed for train, validation and test")
-    n_val = n_test = max(1, n // 10)
-    n_train = n - n_val - n_test
-    return {"train": a[:n_train], "val": a[n_train : n_train + n_val], "test": a[n_train + n_val :]}
+    """Splits of an N x T x D array from a .npy or .npz file (see `arrays.read_splits`)."""
+    splits = read_splits(path, (3,), "the N x T x D array")
+    t, d = next(iter(splits.values())).shape[1:]
+    if t < 2:
+        raise AezooError(f"{path}: sequences need T >= 2 steps; got T = {t}")
+    return {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in splits.items()}
 
 
 def sequences_where(cfg: DataConfig) -> str:
