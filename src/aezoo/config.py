@@ -85,6 +85,7 @@ class EvalConfig:
     nll_batch: int = number(5_000, 1)  # decoder evaluations per chunk of the IWAE estimate (a 64x64 conv decoder holds ~0.5 MB per evaluation)
     limit: int = number(0, 0)  # evaluate on the first N examples only (0: all)
     metric_samples: int = number(10_000, 100)  # images drawn from the factor grid for the disentanglement metrics
+    probe_train: int = number(10_000, 0)  # training examples the feature probes (linear, k-NN) learn from (0: all)
 
 
 @dataclass

@@ -4,6 +4,12 @@ An encoder g_phi maps x to a code z = g_phi(x), a decoder f_theta maps it back, 
 minimise the reconstruction error L_AE = 1/n sum_i ||x_i - f_theta(g_phi(x_i))||^2 (survey eq. in
 section 1), or, for data in [0, 1], the Bernoulli cross-entropy. Per the library convention the error
 is summed over data dimensions and averaged over the batch.
+
+The loss is written with three hooks that do nothing here and that the regularised autoencoders
+(`models/regularised.py`) fill: `corrupt` (the encoder's input: the denoising AE's x~ ~ M_D(x~|x),
+while the target stays the clean x), `sparsify` (the code the decoder sees: the k-sparse AE's top-k)
+and `penalty` (a regulariser on the encoder's layers: the sparse AE's KL, the contractive AE's
+||J_f(x)||_F^2).
 """
 
 from __future__ import annotations
@@ -12,9 +18,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..config import ModelConfig, choice, number
-from ..nn import BackboneConfig, Decoder, Encoder
+from ..nn import ACTIVATIONS, BackboneConfig, Decoder, Encoder
 from ..registry import register
 from .base import Loss, Model
 
@@ -23,6 +30,8 @@ from .base import Loss, Model
 class AEConfig(ModelConfig, BackboneConfig):
     latent_dim: int = number(32, 1)
     recon_loss: str = choice("bce", "mse")  # bce: Bernoulli (BCE with logits), for data in [0, 1]
+    # the code's own nonlinearity (the one-layer AEs of Vincent 2008 and Rifai 2011 have sigmoid codes)
+    code_activation: str = choice("linear", *ACTIVATIONS)
 
 
 def reconstruction_error(out: torch.Tensor, x: torch.Tensor, kind: str) -> torch.Tensor:
@@ -43,14 +52,53 @@ class AE(Model):
         super().__init__(config)
         self.encoder = Encoder(config, config.data_shape, config.latent_dim)
         self.decoder = Decoder(config, config.data_shape, config.latent_dim)
+        self.code_activation = nn.Identity() if config.code_activation == "linear" else ACTIVATIONS[config.code_activation]()
+
+    def layers(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The encoder's layer outputs on x: each MLP hidden layer after its activation, (B, hidden[i]),
+        then the code (B, latent_dim)."""
+        h = self.encoder.features(x)
+        outputs = []
+        for module in self.encoder.head if isinstance(self.encoder.head, nn.Sequential) else ():
+            h = module(h)
+            if not isinstance(module, nn.Linear):
+                outputs.append(h)
+        outputs.append(self.code_activation(self.encoder.out(h)))
+        return outputs
+
+    def code(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's output (B, latent_dim), before `sparsify`."""
+        return self.layers(x)[-1]
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x)
+        return self.code(x)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         out = self.decoder(z)
         return torch.sigmoid(out) if self.config.recon_loss == "bce" else out
 
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.sparsify(self.code(x)))
+
+    # --- hooks for the regularised autoencoders (models/regularised.py) ----------------------------
+    def corrupt(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's input in the loss, x itself here."""
+        return x
+
+    def sparsify(self, z: torch.Tensor) -> torch.Tensor:
+        """The code the decoder reconstructs from, z itself here."""
+        return z
+
+    def penalty(self, x: torch.Tensor, layers: list[torch.Tensor]) -> Loss | None:
+        """A regulariser of the encoder on input x with layer outputs `layers`: its weighted total and its
+        named (unweighted) terms, or None."""
+        return None
+
     def loss(self, x: torch.Tensor) -> Loss:
-        recon = reconstruction_error(self.decoder(self.encoder(x)), x, self.config.recon_loss).mean()
-        return Loss(recon, {"recon": recon})
+        x_in = self.corrupt(x)
+        layers = self.layers(x_in)
+        recon = reconstruction_error(self.decoder(self.sparsify(layers[-1])), x, self.config.recon_loss).mean()
+        reg = self.penalty(x_in, layers)
+        if reg is None:
+            return Loss(recon, {"recon": recon})
+        return Loss(recon + reg.total, {"recon": recon, **reg.terms})

@@ -90,9 +90,9 @@ class Model(nn.Module):
         return f"{self.name}: {fields}" if self.name else fields
 
 
-def interleave_rows(a: torch.Tensor, b: torch.Tensor, per_row: int = 8) -> torch.Tensor:
-    """Images of a and b in alternating rows of `per_row` (originals above their reconstructions)."""
-    per_row = min(per_row, len(a))
-    n = len(a) // per_row * per_row
-    a, b = a[:n].reshape(-1, per_row, *a.shape[1:]), b[:n].reshape(-1, per_row, *b.shape[1:])
-    return torch.stack([a, b], 1).reshape(-1, *a.shape[2:])
+def interleave_rows(*batches: torch.Tensor, per_row: int = 8) -> torch.Tensor:
+    """Images of each batch in alternating rows of `per_row` (originals above their reconstructions)."""
+    per_row = min(per_row, len(batches[0]))
+    n = len(batches[0]) // per_row * per_row
+    rows = [b[:n].reshape(-1, per_row, *b.shape[1:]) for b in batches]
+    return torch.stack(rows, 1).reshape(-1, *batches[0].shape[1:])

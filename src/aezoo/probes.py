@@ -1,0 +1,130 @@
+"""How useful a model's features are: a linear probe and a k-NN classifier on its codes, and the
+denoising autoencoder's denoising quality (`aezoo eval` keys probe_linear_acc, probe_knn_acc,
+denoise_psnr, corrupted_psnr).
+
+The papers of the regularised autoencoders judge features by a classifier trained on them (Vincent et
+al. 2010, table 3: stacked denoising 1.28% test error on MNIST; Rifai et al. 2011, table 1: contractive
+1.14%, denoising 1.18%; there an MLP or SVM on top, fine-tuned). aezoo measures the frozen codes
+`model.encode(x)` (flattened) with two fixed, cheap classifiers instead, so that every model is judged
+alike:
+- linear: multinomial logistic regression on the codes standardised with the training codes' mean
+  and standard deviation, trained by full-batch L-BFGS (at most LINEAR_ITERS iterations, L2 weight
+  LINEAR_L2), learned from the first `eval.probe_train` training examples (fewer when the codes are
+  so wide that these would pass MAX_TRAIN_NUMBERS numbers; eval.json's probe_train_examples says how many);
+- k-NN: the majority label of the K_NEIGHBOURS = 10 nearest of those training codes in Euclidean
+  distance, ties going to the nearest neighbour's label; distances by matrix products, in chunks.
+Both are scored on the evaluated split (`eval.split`, test by default).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .data import prepare
+from .evaluate import EVAL_SEED, EvalContext, evaluator
+
+K_NEIGHBOURS = 10
+LINEAR_ITERS = 200
+LINEAR_L2 = 1e-4
+MAX_TRAIN_NUMBERS = 2**27  # fewer training codes for very wide codes (flattened code maps): 512 MB at most
+
+
+def linear_probe_accuracy(train: torch.Tensor, train_y: torch.Tensor, test: torch.Tensor, test_y: torch.Tensor,
+                          iters: int = LINEAR_ITERS, l2: float = LINEAR_L2) -> float:
+    """Accuracy on (test, test_y) of softmax regression fitted to codes `train` (N, F) with integer
+    labels `train_y` (N,): mean cross-entropy + l2/2 ||W||^2 minimised by L-BFGS, on standardised codes."""
+    mean, std = train.mean(0), train.std(0)
+    std = torch.where(std > 1e-6, std, torch.ones_like(std))  # constant features (dead units) stay 0
+    a, b = (train - mean) / std, (test - mean) / std
+    classes = int(max(train_y.max(), test_y.max())) + 1
+    w = torch.zeros(a.shape[1], classes, device=a.device, requires_grad=True)
+    bias = torch.zeros(classes, device=a.device, requires_grad=True)
+    opt = torch.optim.LBFGS([w, bias], lr=1, max_iter=iters, history_size=20, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-6, tolerance_change=1e-9)
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(a @ w + bias, train_y) + 0.5 * l2 * w.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    with torch.no_grad():
+        return float(((b @ w + bias).argmax(1) == test_y).float().mean())
+
+
+def knn_predict(train: torch.Tensor, train_y: torch.Tensor, query: torch.Tensor, k: int = K_NEIGHBOURS,
+                chunk: int = 1024) -> torch.Tensor:
+    """Labels (Q,) of `query` (Q, F) by majority vote of its k nearest rows of `train` (N, F) in
+    Euclidean distance, ties to the nearest neighbour's label. ||q - t||^2 = ||q||^2 - 2 q.t + ||t||^2,
+    and ||q||^2 does not change the ranking, so each chunk of queries costs one matrix product."""
+    k = min(k, len(train))
+    classes = int(train_y.max()) + 1
+    sq = train.pow(2).sum(1)
+    out = []
+    for q in query.split(chunk):
+        nearest = (sq - 2 * q @ train.T).topk(k, dim=1, largest=False).indices  # (c, k), nearest first
+        labels = train_y[nearest]
+        votes = F.one_hot(labels, classes).sum(1).float()
+        votes += 0.5 * F.one_hot(labels[:, 0], classes)  # decides ties only: counts are integers
+        out.append(votes.argmax(1))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def encode_split(model, raw: torch.Tensor, scale: float, binarize: str, batch_size: int, seed: int = EVAL_SEED,
+                 progress=lambda it, desc: it) -> torch.Tensor:
+    """The flattened float codes (N, F) of stored examples `raw`, made into [0, 1] data as in training
+    (binarised with a fixed seed per batch)."""
+    codes = [model.encode(prepare(chunk, scale, binarize, seed + i)).flatten(1).float()
+             for i, chunk in enumerate(progress(raw.split(batch_size), "probes: encoding"))]
+    return torch.cat(codes)
+
+
+def _has_labels(model, ds) -> bool:
+    return ds.kind in ("image", "vector") and "train" in ds.labels
+
+
+@evaluator(_has_labels)
+@torch.no_grad()
+def feature_probes(ctx: EvalContext) -> dict:
+    """probe_linear_acc and probe_knn_acc of the model's codes (module docstring)."""
+    ds, e = ctx.dataset, ctx.cfg.eval
+    test_y = ds.labels.get(ctx.split)
+    if test_y is None:
+        return {}
+    test = torch.cat([ctx.model.encode(x).flatten(1).float() for x in ctx.progress(ctx.batches(), "probes: encoding")])
+    n = min(e.probe_train or len(ds.x["train"]), max(1, MAX_TRAIN_NUMBERS // test.shape[1]))
+    train = encode_split(ctx.model, ds.x["train"][:n], ds.scale, ctx.cfg.data.binarize, e.batch_size,
+                         progress=ctx.progress)
+    train_y = ds.labels["train"][:n].long()
+    test_y = test_y[: len(test)].long()
+    knn = float((knn_predict(train, train_y, test) == test_y).float().mean())
+    return {"probe_linear_acc": linear_probe_accuracy(train, train_y, test, test_y), "probe_knn_acc": knn,
+            "probe_train_examples": len(train)}
+
+
+def psnr(mse_per_dim: float) -> float:
+    """Peak signal-to-noise ratio (dB) of data in [0, 1]."""
+    return 10 * math.log10(1 / max(mse_per_dim, 1e-12))
+
+
+@evaluator(lambda model, ds: ds.kind in ("image", "vector") and hasattr(getattr(model, "config", None), "corruption"))
+@torch.no_grad()
+def denoising(ctx: EvalContext) -> dict:
+    """denoise_psnr: PSNR of the reconstructions of corrupted inputs against the clean ones;
+    corrupted_psnr: PSNR of the corrupted inputs themselves (what denoising starts from). The
+    corruption is the model's own, drawn with a fixed seed."""
+    noisy_sq, recon_sq, dims = 0.0, 0.0, 0
+    with torch.random.fork_rng():  # a fixed draw that leaves the caller's generators as they were
+        torch.manual_seed(EVAL_SEED)
+        for x in ctx.progress(ctx.batches(), "denoising"):
+            noisy = ctx.model.corrupt(x)
+            noisy_sq += float((noisy - x).pow(2).sum())
+            recon_sq += float((ctx.model.reconstruct(noisy) - x).pow(2).sum())
+            dims += x.numel()
+    return {"denoise_psnr": psnr(recon_sq / dims), "corrupted_psnr": psnr(noisy_sq / dims)}
