@@ -50,6 +50,13 @@ def _cmd_train(args) -> None:
     print(f"trained {args.model}: {run.path}")
 
 
+def _cmd_train_prior(args) -> None:
+    from .prior import train_prior
+
+    run = train_prior(args.run, args.prior, args.set, steps=args.steps, epochs=args.epochs)
+    print(f"trained prior: {run.path}")
+
+
 def _cmd_resume(args) -> None:
     from .train import resume
 
@@ -122,6 +129,16 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int)
     t.add_argument("--device", choices=["auto", "cpu", "cuda"])
     t.set_defaults(fn=_cmd_train)
+
+    tp = sub.add_parser("train-prior", help="stage 2 of vqvae/vqvae2: a prior over the run's code maps, in RUN/prior")
+    tp.add_argument("run")
+    tp.add_argument("--prior", help="which prior (default: the model's own, pixelcnn for vqvae)")
+    tp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="prior.key=value for the prior, train.key=value for its training")
+    g = tp.add_mutually_exclusive_group()
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--steps", type=int)
+    tp.set_defaults(fn=_cmd_train_prior)
 
     r = sub.add_parser("resume", help="continue an interrupted run")
     r.add_argument("run")

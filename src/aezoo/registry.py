@@ -28,20 +28,25 @@ class Entry:
 
 
 MODELS: dict[str, Entry] = {}
+# Stage-2 models (priors over a trained model's discrete codes, made by `aezoo train-prior`): built,
+# trained, resumed and loaded by name like models, but not listed among them.
+PRIORS: dict[str, Entry] = {}
 
 
-def register(name: str, summary: str, default_data: str = "mnist", tiny: dict | None = None):
+def register(name: str, summary: str, default_data: str = "mnist", tiny: dict | None = None, prior: bool = False):
     """Class decorator: `@register("vae", "variational autoencoder", tiny={"hidden": (16,)})`."""
 
     def wrap(cls):
         cls.name = name
-        MODELS[name] = Entry(name, cls, summary, default_data, tiny or {})
+        (PRIORS if prior else MODELS)[name] = Entry(name, cls, summary, default_data, tiny or {})
         return cls
 
     return wrap
 
 
 def entry(name: str) -> Entry:
+    if name in PRIORS:
+        return PRIORS[name]
     if name not in MODELS:
         raise unknown_name("model", name, MODELS)
     return MODELS[name]
