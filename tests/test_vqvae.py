@@ -166,3 +166,137 @@ def test_prior_save_load_and_refusing_other_codes(tmp_path):
     model = aezoo.build("vqvae", hidden=8, residual_hidden=4, residual_layers=1, codebook_size=6, code_dim=4)
     with pytest.raises(AezooError, match="trained on"):  # 7x7 codes, the prior knows 5x6
         model.attach_prior(loaded)
+
+
+# --- CIFAR-10 and the stage-2 command line --------------------------------------------------------
+def write_fake_cifar(folder, per_batch=8, seed=0):
+    """A tiny cifar-10-batches-py: five training pickles and a test pickle, as the real ones are laid out."""
+    import pickle
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"batch_label": name.encode(), b"labels": [int(v) for v in rng.integers(0, 10, per_batch)],
+                 b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+                 b"filenames": [f"{name}_{i}.png".encode() for i in range(per_batch)]}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2 if name.endswith("1") else 4))
+    return folder
+
+
+def test_cifar10_reads_batches_and_refuses_foreign_pickles(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    from aezoo.config import DataConfig
+    from aezoo.data import load_dataset
+    from aezoo.errors import AezooError
+
+    folder = write_fake_cifar(tmp_path / "cifar-10-batches-py")
+    ds = load_dataset(DataConfig(name="cifar10", dir=str(tmp_path)))  # the parent folder works too
+    assert {k: tuple(v.shape) for k, v in ds.x.items()} == {"train": (36, 3, 32, 32), "val": (4, 3, 32, 32), "test": (8, 3, 32, 32)}
+    first = pickle.loads((folder / "data_batch_1").read_bytes())
+    assert torch.equal(ds.x["train"][0, 1].flatten(), torch.from_numpy(first[b"data"][0, 1024:2048]))  # green plane
+    assert ds.labels["train"][:8].tolist() == first[b"labels"] and ds.scale == 255.0
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    (folder / "test_batch").write_bytes(pickle.dumps({b"data": Evil(), b"labels": []}, protocol=2))
+    with pytest.raises(AezooError, match="refusing to load .*print"):
+        load_dataset(DataConfig(name="cifar10", dir=str(folder)))
+    (folder / "test_batch").write_bytes(pickle.dumps({b"data": np.zeros((2, 5), np.uint8), b"labels": [0, 1]}, protocol=2))
+    with pytest.raises(AezooError, match="uint8 array"):
+        load_dataset(DataConfig(name="cifar10", dir=str(folder)))
+
+
+def test_vqvae_on_cifar_then_conditional_prior_sample_and_bits_per_dim(tmp_path):
+    import json
+
+    import aezoo
+    from aezoo.data import Batches, load_dataset
+    from aezoo.evaluate import EVAL_SEED
+    from aezoo.registry import load_run_config
+    from conftest import run_cli
+
+    write_fake_cifar(tmp_path / "cifar")
+    run = tmp_path / "run"
+    code, _, err = run_cli("train", "vqvae", "--data", "cifar10", "--out", str(run), "--steps", "3",
+                           "--set", f"data.dir={tmp_path / 'cifar'}", "--set", "train.batch_size=12",
+                           "--set", "model.hidden=8", "--set", "model.residual_hidden=4", "--set", "model.codebook_size=16",
+                           "--set", "model.code_dim=4", "--set", "model.kmeans_iters=2", "--set", "train.progress=false")
+    assert code == 0, err
+    code, _, err = run_cli("sample", str(run))
+    assert code == 2 and "train-prior" in err  # no prior yet
+    code, _, err = run_cli("train-prior", str(run), "--steps", "3", "--set", "prior.channels=4", "--set", "prior.layers=2",
+                           "--set", "prior.head=8", "--set", "prior.num_classes=10", "--set", "train.batch_size=12",
+                           "--set", "train.progress=false")
+    assert code == 0, err
+    prior_cfg = json.loads((run / "prior" / "config.json").read_text())
+    assert prior_cfg["model_name"] == "pixelcnn" and prior_cfg["model"]["code_shapes"] == [8, 8]
+    assert prior_cfg["model"]["codebook_sizes"] == [16] and prior_cfg["model"]["source"] == "vqvae"
+    code, _, err = run_cli("train-prior", str(run), "--steps", "3")
+    assert code == 2 and "already holds a prior" in err
+    code, _, err = run_cli("eval", str(run))
+    assert code == 0, err
+    results = json.loads((run / "eval.json").read_text())
+    assert 0 < results["codebook_usage"] <= 1 and 1 <= results["codebook_perplexity"] <= 16
+    assert (run / "plots" / "codebook_usage.png").is_file()
+
+    # bits/dim recomputed by hand from the prior's marginal and the decoder's likelihood
+    model, cfg = aezoo.load(run), load_run_config(run)
+    assert model.prior is not None
+    x = next(iter(Batches(load_dataset(cfg.data), "test", 100, seed=EVAL_SEED, shuffle=False)))
+    with torch.no_grad():
+        codes = model.codes(x)
+        joint = torch.stack([model.prior.log_prob(codes, torch.full((len(x),), y)) for y in range(10)])
+        log_p = torch.logsumexp(joint, 0) - math.log(10) + model.log_px_given_codes(x, codes)
+    assert math.isclose(results["bits_per_dim"], float(-log_p.mean()) / (3 * 32 * 32 * math.log(2)), rel_tol=1e-4)
+    assert math.isclose(results["prior_nll"] + results["decoder_nll"], float(-log_p.mean()), rel_tol=1e-4)
+
+    code, _, err = run_cli("sample", str(run), "--n", "10", "--out", str(tmp_path / "s.png"))
+    assert code == 0 and (tmp_path / "s.png").stat().st_size > 0, err
+    code, _, err = run_cli("report", str(run))
+    assert code == 0 and (run / "plots" / "prior_samples.png").is_file(), err
+    code, _, err = run_cli("resume", str(run / "prior"))  # the prior folder is an ordinary run folder
+    assert code == 0, err
+
+
+def test_train_prior_refuses_models_without_codes(tmp_path):
+    from conftest import run_cli
+
+    run = tmp_path / "vae"
+    code, _, err = run_cli("train", "vae", "--out", str(run), "--steps", "1", "--set", "data.limit=200",
+                           "--set", "model.hidden=[8]", "--set", "train.progress=false")
+    assert code == 0, err
+    code, _, err = run_cli("train-prior", str(run))
+    assert code == 2 and "no discrete codes" in err
+    code, _, err = run_cli("train-prior", str(tmp_path / "nothing"))
+    assert code == 2 and "no trained run" in err
+
+
+def test_ema_statistics_are_summed_over_processes(tmp_path):
+    """Two torchrun processes, each quantising half of every batch, keep the EMA codebook one process
+    computes on the whole batch (counts and sums all-reduced before the update)."""
+    import os
+    import subprocess
+    import sys
+
+    from aezoo.io import load_weights
+
+    args = ["train", "vqvae", "--steps", "4", "--set", "data.limit=200", "--set", "train.batch_size=20",
+            "--set", "model.hidden=8", "--set", "model.residual_hidden=4", "--set", "model.codebook_size=16",
+            "--set", "model.code_dim=4", "--set", "model.restart_after=0",
+            "--set", "train.progress=false", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for name, launcher in (("ddp", ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]), ("one", [])):
+        done = subprocess.run([sys.executable, *launcher, "-m", "aezoo", *args, "--out", str(tmp_path / name)],
+                              capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+    ddp, one = load_weights(tmp_path / "ddp" / "model.safetensors"), load_weights(tmp_path / "one" / "model.safetensors")
+    assert not torch.equal(one["quantizer.ema_count"], torch.ones(16))  # the EMA did move
+    for k in one:
+        assert torch.allclose(ddp[k].float(), one[k].float(), atol=1e-4), k

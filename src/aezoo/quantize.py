@@ -25,7 +25,8 @@ the update, so every process holds the same codebook.
 Dead codes: a code that no encoder output chose for `restart_after` training steps is moved onto an
 encoder output drawn at random from the current batch (the most recent ones), as in Dhariwal et al.
 (2020, Jukebox, sec. 3.1). Optional k-means (`kmeans_iters`) places the initial codes on the first
-training batch's encoder outputs. Distances, EMA statistics and losses are computed in float32 even
+training batch's encoder outputs (under torchrun, process 0's share of it: the engine then copies
+process 0's state to the others). Distances, EMA statistics and losses are computed in float32 even
 under mixed precision.
 
 One `VectorQuantizer` is one codebook; a model with several levels (VQ-VAE-2) holds one per level.
