@@ -30,7 +30,7 @@ from ..config import ModelConfig, choice, number
 from ..distributions import make_likelihood
 from ..errors import AezooError
 from ..prior import CodeLevel, CodeModel
-from ..quantize import QuantizerConfig, Quantized, VectorQuantizer, perplexity, usage
+from ..quantize import Quantized, QuantizerConfig, VectorQuantizer, perplexity, usage
 from ..registry import register
 from .base import Loss
 
