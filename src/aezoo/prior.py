@@ -208,7 +208,10 @@ def train_prior(run_path: str | Path, prior: str | None = None, overrides: list[
     if epochs is not None:
         tree["train"].update(epochs=epochs, steps=0)
     tree = merge(tree, parse_overrides(pairs))
-    prior_cfg = make_run_config(name, registry.entry(name).config_class, tree)  # every mistake caught here
+    try:  # every mistake is caught here, before anything is written
+        prior_cfg = make_run_config(name, registry.entry(name).config_class, tree)
+    except AezooError as e:  # the user wrote prior.key, not model.key
+        raise AezooError(str(e).replace("model.", "prior.")) from None
 
     data = load_dataset(cfg.data).to(device)
     rows = extract_codes(model.eval(), data, cfg.data.binarize, cfg.eval.batch_size)
