@@ -6,8 +6,12 @@ Mistakes a user can make end in one line on stderr and exit status 2; nothing is
 from __future__ import annotations
 
 import argparse
+import inspect
+import os
 import sys
 from pathlib import Path
+
+import torch.distributed as dist
 
 from . import registry
 from .config import make_run_config, merge, parse_overrides, read_config_file
@@ -47,14 +51,20 @@ def _cmd_train(args) -> None:
     tree = merge(merge(tree, cli), parse_overrides(args.set))
     cfg = make_run_config(args.model, entry.config_class, tree)
     run = train(cfg, args.out)
-    print(f"trained {args.model}: {run.path}")
+    _say(f"trained {args.model}: {run.path}")
+
+
+def _say(line: str) -> None:
+    """Print on process 0 only (torchrun starts several)."""
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(line)
 
 
 def _cmd_train_prior(args) -> None:
     from .prior import train_prior
 
     run = train_prior(args.run, args.prior, args.set, steps=args.steps, epochs=args.epochs)
-    print(f"trained prior: {run.path}")
+    _say(f"trained prior: {run.path}")
 
 
 def _cmd_resume(args) -> None:
@@ -87,9 +97,12 @@ def _cmd_sample(args) -> None:
     model, _, cfg, run = load_run(args.run)
     if not hasattr(model, "sample"):
         raise AezooError(f"{cfg.model_name} has no generative prior to sample from")
+    options = {} if args.temperature is None else {"temperature": args.temperature}
+    if options and "temperature" not in inspect.signature(model.sample).parameters:
+        raise AezooError(f"{cfg.model_name} samples without a temperature")
     torch.manual_seed(args.seed)
     with torch.no_grad():
-        images = model.sample(args.n)
+        images = model.sample(args.n, **options)
     out = Path(args.out) if args.out else run.path / "samples.png"
     save_image_grid(images.clamp(0, 1).cpu(), out)
     print(f"wrote {out}")
@@ -154,6 +167,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, default=64)
     s.add_argument("--out", help="PNG file (default RUN/samples.png)")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--temperature", type=float, help="divide the prior's logits by T (vqvae, vqvae2; default 1)")
     s.set_defaults(fn=_cmd_sample)
 
     rp = sub.add_parser("report", help="write RUN/report.html with the run's plots and numbers")
@@ -171,9 +185,13 @@ def main(argv: list[str] | None = None) -> int:
                 raise AezooError(f"--{name} must be at least 1")
         args.fn(args)
     except AezooError as e:
-        print(f"aezoo: error: {e}", file=sys.stderr)
+        message = str(e).replace("\n", "\\n")  # one line, whatever the user typed
+        print(f"aezoo: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("aezoo: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()  # left to interpreter exit, gloo's teardown can abort
     return 0

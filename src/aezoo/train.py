@@ -241,8 +241,8 @@ class Trainer:
         module = _LossModule(self.model)
         if self.procs.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            # Some models leave parameters unused in some steps (layer-wise pretraining, a single active level).
-            module = nn.parallel.DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
+            module = nn.parallel.DistributedDataParallel(module, device_ids=ids,
+                                                         find_unused_parameters=self.model.skips_parameters)
         precision = self.cfg.train.precision
         if precision == "fp32":
             return module

@@ -34,6 +34,11 @@ class Model(nn.Module):
     config_class: type[ModelConfig] = ModelConfig
     name: str = ""  # set by the registry
 
+    @property
+    def skips_parameters(self) -> bool:
+        """True when some steps leave parameters without a gradient (DDP must then look for them)."""
+        return False
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config

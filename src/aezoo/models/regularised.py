@@ -151,6 +151,10 @@ class DAE(RegularisedAE):
         down = [m for m in self.decoder.head if isinstance(m, nn.Linear)] if self.config.hidden else []
         return [(enc, act, dec) for (enc, act), dec in zip(up, [self.decoder.project, *reversed(down)])]
 
+    @property
+    def skips_parameters(self) -> bool:
+        return self.config.pretrain_steps > 0  # layer-wise pretraining trains one layer at a time
+
     def pretraining_layer(self) -> int | None:
         """The layer (0 = bottom) pretrained at `self.step`, or None once the whole stack is fine-tuned."""
         c = self.config
