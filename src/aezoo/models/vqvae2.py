@@ -1,0 +1,219 @@
+"""VQ-VAE-2 (Razavi et al. 2019, "Generating Diverse High-Fidelity Images with VQ-VAE-2"; Weng 2018,
+section "VQ-VAE and VQ-VAE-2").
+
+Two levels of discrete latents (Razavi et al., sec. 3.1, fig. 2a and algorithm 1):
+    h_bottom = E_bottom(x)                                      (C_h, H / 2^b, W / 2^b)
+    e_top    = Quantize_top(E_top(h_bottom))                    (D, H / 2^(b+t), W / 2^(b+t)): global structure
+    e_bottom = Quantize_bottom(W [h_bottom, D_top(e_top)])      (D, H / 2^b, W / 2^b): local detail, given the top
+    x_hat    = D([U(e_top), e_bottom])
+with b = `bottom_downsample`, t = `top_downsample` (2 and 1 by default: 32x32 images give an 8x8
+bottom and a 4x4 top map, the paper's 1/4 and 1/8), D_top the top decoder whose output conditions the
+bottom encoder (concatenated), U transposed convolutions that upsample the top codes to the bottom
+map, and D the decoder taking both. Each level has its own codebook (`aezoo.quantize`: EMA with
+Laplace smoothing, dead-code restart, optional k-means; one set of quantiser settings for both). The
+loss is
+    L = -log p(x | e_top, e_bottom) + sum_level ( ||sg[z_e] - e||^2 + beta ||z_e - sg[e]||^2 )
+logged as `recon`, `codebook_top`, `commitment_top`, `codebook_bottom`, `commitment_bottom`
+(commitment unweighted; with EMA codebooks the codebook terms are logged without gradient).
+
+Image sides need not be multiples of 2^(b+t): the model zero-pads its input symmetrically up to the
+next multiple (MNIST's 28x28 becomes 32x32) and crops the decoder's output back, so p(x | codes) and
+every image it returns have the data's shape; the code maps are those of the padded image.
+
+Stage 2 (`aezoo train-prior RUN`) fits PixelSNAIL priors (`models.pixelsnail`): the top map
+unconditionally (or given the class), the bottom map given the top codes; `sample` then draws top,
+then bottom given top, and decodes (`aezoo.prior`).
+
+Reconstruction from the top level only (`reconstruct_top_only`, the comparison of Razavi et al.,
+fig. 3: each level adds detail) replaces the bottom map by one that carries no other information about
+the image: by default one constant vector at every position, the mean of the bottom codebook weighted
+by how often each code is chosen (the EMA counts N_i; uniform for a codebook learned by gradient),
+i.e. the expected bottom code; `fill="zero"` uses zero vectors; `fill="prior"` draws the bottom codes
+from the trained bottom prior given the image's top codes, what the top level alone determines under
+the two-stage model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig, choice, number
+from ..distributions import make_likelihood
+from ..errors import AezooError
+from ..evaluate import EvalContext, evaluator
+from ..prior import CodeLevel, CodeModel
+from ..quantize import Quantized, QuantizerConfig, VectorQuantizer, perplexity, usage
+from ..registry import register
+from . import pixelsnail  # noqa: F401  (registers the default prior)
+from .base import Loss, interleave_rows
+from .vqvae import ConvDecoder, ConvEncoder
+
+
+@dataclass
+class VQVAE2Config(ModelConfig, QuantizerConfig):
+    hidden: int = number(64, 2)  # channels of the convolutional stacks (paper: 128 on 256x256 ImageNet)
+    residual_hidden: int = number(32, 1)  # channels inside each residual block
+    residual_layers: int = number(2, 0)
+    bottom_downsample: int = number(2, 1)  # b: the bottom map is (H / 2^b, W / 2^b)
+    top_downsample: int = number(1, 1)  # t: the top map is 2^t times coarser than the bottom one
+    likelihood: str = choice("logistic", "bernoulli", "gaussian")
+    sigma: float = number(1.0, 0.0, None, lo_open=True)  # std of the fixed-variance Gaussian likelihood
+
+    def validate(self) -> None:
+        if len(self.data_shape) != 3:
+            raise AezooError(f"vqvae2 needs images (C, H, W); the data has shape {tuple(self.data_shape)}")
+
+
+def _round_up(n: int, factor: int) -> int:
+    return -(-n // factor) * factor
+
+
+@register("vqvae2", "VQ-VAE-2: top and bottom code maps, EMA codebooks; PixelSNAIL priors (train-prior), bits/dim",
+          tiny={"hidden": 8, "residual_hidden": 4, "residual_layers": 1, "codebook_size": 8, "code_dim": 4})
+class VQVAE2(CodeModel):
+    config_class = VQVAE2Config
+    default_prior = "pixelsnail"
+
+    def __init__(self, config: VQVAE2Config):
+        super().__init__(config)
+        config.validate()
+        c, h, w = config.data_shape
+        b, t, d = config.bottom_downsample, config.top_downsample, config.code_dim
+        factor = 2 ** (b + t)
+        self.padded = (_round_up(h, factor), _round_up(w, factor))
+        self.likelihood = make_likelihood(config.likelihood, config.sigma)
+        arch = (config.hidden, config.residual_hidden, config.residual_layers)
+        self.encoder_bottom = ConvEncoder(c, config.hidden, *arch, b)
+        self.encoder_top = ConvEncoder(config.hidden, d, *arch, t)
+        self.quantizer_top = VectorQuantizer(config)
+        self.decoder_top = ConvDecoder(d, d, *arch, t)  # its output conditions the bottom encoder
+        self.bottom_in = nn.Conv2d(config.hidden + d, d, 1)
+        self.quantizer_bottom = VectorQuantizer(config)
+        ups: list[nn.Module] = []
+        for i in range(t):
+            ups += [nn.ConvTranspose2d(d, d, 4, stride=2, padding=1)] + ([nn.ReLU()] if i < t - 1 else [])
+        self.upsample_top = nn.Sequential(*ups)
+        self.decoder = ConvDecoder(2 * d, c * self.likelihood.params_per_dim, *arch, b)
+
+    # --- padding to a multiple of 2^(b+t) -------------------------------------------------------
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        (ph, pw), (h, w) = self.padded, x.shape[-2:]
+        top, left = (ph - h) // 2, (pw - w) // 2
+        return F.pad(x, (left, pw - w - left, top, ph - h - top))
+
+    def _crop(self, out: torch.Tensor) -> torch.Tensor:
+        _, h, w = self.config.data_shape
+        top, left = (self.padded[0] - h) // 2, (self.padded[1] - w) // 2
+        return out[..., top:top + h, left:left + w]
+
+    # --- the two levels -------------------------------------------------------------------------
+    def quantize(self, x: torch.Tensor) -> tuple[Quantized, Quantized]:
+        """(top, bottom) quantiser outputs for images x (B, *data_shape)."""
+        h = self.encoder_bottom(self._pad(x))  # (B, hidden, H/2^b, W/2^b)
+        top = self.quantizer_top(self.encoder_top(h))
+        bottom = self.quantizer_bottom(self.bottom_in(torch.cat([h, self.decoder_top(top.z_q)], 1)))
+        return top, bottom
+
+    def decoder_input(self, z_top: torch.Tensor, z_bottom: torch.Tensor) -> torch.Tensor:
+        """[U(e_top), e_bottom]: (B, 2D, H/2^b, W/2^b), the decoder's input."""
+        return torch.cat([self.upsample_top(z_top), z_bottom], 1)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Both levels' code vectors as the decoder takes them, (B, 2D, H/2^b, W/2^b); `codes(x)` gives
+        the indices of each level."""
+        top, bottom = self.quantize(x)
+        return self.decoder_input(top.z_q, bottom.z_q)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The mean of p(x | z) for z = `encode(x)`, (B, *data_shape)."""
+        return self.likelihood.mean(self._crop(self.decoder(z)))
+
+    def loss(self, x: torch.Tensor) -> Loss:
+        top, bottom = self.quantize(x)
+        out = self._crop(self.decoder(self.decoder_input(top.z_q, bottom.z_q)))
+        recon = -self.likelihood.log_prob(out.float(), x).mean()
+        terms = {"recon": recon}
+        for name, q in (("top", top), ("bottom", bottom)):
+            terms.update({f"codebook_{name}": q.codebook_loss, f"commitment_{name}": q.commitment_loss,
+                          f"perplexity_{name}": perplexity(q.counts), f"usage_{name}": usage(q.counts)})
+        return Loss(recon + top.loss + bottom.loss, terms)
+
+    def on_train_start(self, x: torch.Tensor) -> None:
+        """k-means initialisation of the top codebook, then of the bottom one on the encoder outputs
+        it meets given the initialised top codes."""
+        iters = self.config.kmeans_iters
+        if not iters:
+            return
+        with torch.no_grad():
+            h = self.encoder_bottom(self._pad(x))
+            z_top = self.encoder_top(h)
+            self.quantizer_top.kmeans_init(z_top, iters)
+            e_top = self.quantizer_top.lookup(self.quantizer_top(z_top).codes)
+            self.quantizer_bottom.kmeans_init(self.bottom_in(torch.cat([h, self.decoder_top(e_top)], 1)), iters)
+
+    # --- reconstructions from the top level alone -----------------------------------------------
+    def bottom_fill(self, fill: str = "mean") -> torch.Tensor:
+        """The constant bottom code vector (D,) standing in for the bottom map: `mean` (expected code
+        under the EMA counts) or `zero` (module docstring)."""
+        if fill == "zero":
+            return torch.zeros_like(self.quantizer_bottom.codebook[0])
+        q = self.quantizer_bottom
+        weights = q.ema_count if q.ema else torch.ones_like(q.codebook[:, 0])
+        return (weights[:, None] * q.codebook).sum(0) / weights.sum()
+
+    def reconstruct_top_only(self, x: torch.Tensor, fill: str = "mean", temperature: float = 1.0,
+                             labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The mean of p(x | top codes of x, a bottom map that knows nothing else of x), (B, *data_shape):
+        the bottom map is the constant `bottom_fill(fill)` for `mean` and `zero`; for `prior` it is drawn
+        from the bottom prior given the top codes (and `labels` for a class-conditional prior)."""
+        if fill not in ("mean", "zero", "prior"):
+            raise AezooError(f"fill must be 'mean', 'zero' or 'prior', got {fill!r}")
+        top = self.quantizer_top(self.encoder_top(self.encoder_bottom(self._pad(x))))
+        if fill == "prior":
+            if self.prior is None:
+                raise AezooError(f"this {self.name} has no prior to draw the bottom codes from: `aezoo train-prior RUN`")
+            self.prior.to(self.device).eval()
+            return self.decode_codes(self.prior.sample(len(x), labels, temperature, given=[top.codes]))
+        _, _, h, w = top.z_q.shape
+        scale = 2 ** self.config.top_downsample
+        z_bottom = self.bottom_fill(fill).view(1, -1, 1, 1).expand(len(x), -1, h * scale, w * scale)
+        return self.decode(self.decoder_input(top.z_q, z_bottom))
+
+    def visuals(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = super().visuals(x)
+        if x.dim() == 4:
+            x = x[:32]
+            out["reconstructions_top_only"] = interleave_rows(x, self.reconstruct_top_only(x).clamp(0, 1))
+            if self.prior is not None:
+                out["reconstructions_top_prior"] = interleave_rows(x, self.reconstruct_top_only(x, "prior").clamp(0, 1))
+        return out
+
+    # --- the discrete-code interface (aezoo.prior.CodeModel) ------------------------------------
+    def code_levels(self) -> list[CodeLevel]:
+        (h, w), b, t, k = self.padded, self.config.bottom_downsample, self.config.top_downsample, self.config.codebook_size
+        return [CodeLevel("top", k, (h >> (b + t), w >> (b + t))), CodeLevel("bottom", k, (h >> b, w >> b))]
+
+    def codes(self, x: torch.Tensor) -> list[torch.Tensor]:
+        top, bottom = self.quantize(x)
+        return [top.codes, bottom.codes]
+
+    def decoder_params(self, codes: list[torch.Tensor]) -> torch.Tensor:
+        top, bottom = codes
+        z = self.decoder_input(self.quantizer_top.lookup(top), self.quantizer_bottom.lookup(bottom))
+        return self._crop(self.decoder(z))
+
+
+@evaluator(lambda model, ds: isinstance(model, VQVAE2))
+@torch.no_grad()
+def top_only_reconstruction(ctx: EvalContext) -> dict:
+    """recon_mse_top_only: squared error (summed over data dimensions) of reconstructions from the top
+    codes alone, the bottom map filled with the expected bottom code (beside recon_mse, both levels)."""
+    sq, n = 0.0, 0
+    for x in ctx.progress(ctx.batches(), "top-only reconstruction"):
+        sq += float(((ctx.model.reconstruct_top_only(x) - x) ** 2).flatten(1).sum())
+        n += len(x)
+    return {"recon_mse_top_only": sq / n}
