@@ -1,8 +1,10 @@
 """The user's own data from an array file: vectors (N x D) or images (N x C x H x W, or N x H x W).
 
-`data.file` names a .npy, .npz or .csv file. A .npz may hold arrays named train, val and test; a single
-array is split in file order, 80% / 10% / 10%. A .csv holds one example per row of numbers (a header
-row of names is skipped). Images stored as uint8 are read as pixels (0..255); floats must lie in [0, 1]
+`data.file` names a .npy, .npz, .csv or .parquet file. A .npz may hold arrays named train, val and test;
+a single array is split in file order, 80% / 10% / 10%. A .csv holds one example per row of numbers (a
+header row of names is skipped). A .parquet file (read with pyarrow: `pip install 'aezoo[parquet]'`)
+holds one example per row: numeric columns are the example's values, or a single column of equal-length
+(nested) lists holds the whole example (lists of lists for sequences or images). Images stored as uint8 are read as pixels (0..255); floats must lie in [0, 1]
 for the Bernoulli likelihoods, which is checked by the models that need it, not here. Files are read
 with `allow_pickle=False`: loading never executes code.
 """
@@ -46,12 +48,46 @@ def _read_csv(path: Path) -> np.ndarray:
     return np.asarray(rows, dtype=np.float32)
 
 
+def _read_parquet(path: Path) -> np.ndarray:
+    try:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise AezooError(f"{path}: reading .parquet files needs pyarrow: pip install 'aezoo[parquet]'") from None
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as e:
+        raise AezooError(f"{path}: not a readable Parquet file: {str(e).splitlines()[0]}") from None
+    nested = (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list)
+    if table.num_columns == 1 and any(is_list(table.schema.types[0]) for is_list in nested):
+        column, shape = table.column(0).combine_chunks(), [table.num_rows]
+        while any(is_list(column.type) for is_list in nested):  # peel one level of lists at a time
+            lengths = pc.list_value_length(column)
+            if lengths.null_count or len(set(lengths.to_pylist())) > 1:
+                raise AezooError(f"{path}: the lists in column '{table.column_names[0]}' differ in length or are missing")
+            shape.append(lengths[0].as_py() if len(lengths) else 0)
+            column = column.flatten()
+        columns = [column]
+    else:
+        columns, shape = [table.column(i) for i in range(table.num_columns)], None
+    for name, column in zip(table.column_names, columns):
+        if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+            raise AezooError(f"{path}: column '{name}' holds {column.type}, not numbers")
+        if column.null_count:
+            raise AezooError(f"{path}: column '{name}' has missing values")
+    if shape is not None:
+        return columns[0].to_numpy(zero_copy_only=False).astype(np.float32).reshape(shape)
+    return np.column_stack([c.to_numpy().astype(np.float32) for c in columns])
+
+
 def read_splits(path: Path, ndims: tuple[int, ...], what: str = "the array") -> dict[str, np.ndarray]:
-    """train/val/test arrays from a .npy, .npz or .csv file, each with one of `ndims` dimensions."""
+    """train/val/test arrays from a .npy, .npz, .csv or .parquet file, each with one of `ndims` dimensions."""
     if not path.is_file():
         raise AezooError(f"data.file: no such file: {path}")
-    if path.suffix == ".csv":
-        return _split(_check(_read_csv(path), path, what, ndims), path)
+    if path.suffix in (".csv", ".parquet"):
+        array = _read_csv(path) if path.suffix == ".csv" else _read_parquet(path)
+        return _split(_check(array, path, what, ndims), path)
     try:
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
@@ -81,13 +117,13 @@ def _split(a: np.ndarray, path: Path) -> dict[str, np.ndarray]:
 
 
 def where(cfg: DataConfig) -> str:
-    return f"the array file {cfg.file}" if cfg.file else "nowhere: set data.file to a .npy, .npz or .csv file"
+    return f"the array file {cfg.file}" if cfg.file else "nowhere: set data.file to a .npy, .npz, .csv or .parquet file"
 
 
-@register_dataset("arrays", "your own vectors (N x D) or images (N x [C x] H x W) from .npy/.npz/.csv (data.file)", where)
+@register_dataset("arrays", "your own vectors (N x D) or images (N x [C x] H x W) from .npy/.npz/.csv/.parquet (data.file)", where)
 def load_arrays(cfg: DataConfig) -> Dataset:
     if not cfg.file:
-        raise AezooError("dataset arrays reads a .npy, .npz or .csv file: set data.file=PATH")
+        raise AezooError("dataset arrays reads a .npy, .npz, .csv or .parquet file: set data.file=PATH")
     path = Path(cfg.file).expanduser()
     splits = read_splits(path, (2, 3, 4))
     ndim = next(iter(splits.values())).ndim

@@ -100,7 +100,7 @@ def load_oscillator(cfg: DataConfig) -> Dataset:
 
 # --- the user's own sequences -----------------------------------------------------------------------
 def read_sequences(path: Path) -> dict[str, torch.Tensor]:
-    """Splits of an N x T x D array from a .npy or .npz file (see `arrays.read_splits`)."""
+    """Splits of an N x T x D array from a .npy, .npz or .parquet file (see `arrays.read_splits`)."""
     splits = read_splits(path, (3,), "the N x T x D array")
     t, d = next(iter(splits.values())).shape[1:]
     if t < 2:
@@ -109,12 +109,12 @@ def read_sequences(path: Path) -> dict[str, torch.Tensor]:
 
 
 def sequences_where(cfg: DataConfig) -> str:
-    return f"the array file {cfg.file}" if cfg.file else "nowhere: set data.file to an N x T x D .npy or .npz file"
+    return f"the array file {cfg.file}" if cfg.file else "nowhere: set data.file to an N x T x D .npy, .npz or .parquet file"
 
 
-@register_dataset("sequences", "your own N x T x D sequences from a .npy/.npz file (data.file)", sequences_where)
+@register_dataset("sequences", "your own N x T x D sequences from a .npy/.npz/.parquet file (data.file)", sequences_where)
 def load_sequences(cfg: DataConfig) -> Dataset:
     if not cfg.file:
-        raise AezooError("dataset sequences reads an N x T x D .npy or .npz file: set data.file=PATH")
+        raise AezooError("dataset sequences reads an N x T x D .npy, .npz or .parquet file: set data.file=PATH")
     path = Path(cfg.file).expanduser()
     return Dataset(name="sequences", x=read_sequences(path), source=sequences_where(cfg), kind="sequence")
