@@ -13,6 +13,10 @@ training step, so a resumed run follows the same schedule:
 - objective="capacity" minimises -E_q[log p(x|z)] + gamma * |KL - C| (Burgess et al. 2018),
   the capacity C raised linearly from 0 to C_max nats over `capacity_steps` steps, so that the
   posterior may encode more information, one factor after another, as training goes on.
+A third trains on the tighter bound itself:
+- objective="iwae" maximises the k-sample bound above with k = `iwae_k` (the IWAE of Burda et al. 2016,
+  eq. 8; its gradient weighs each sample's gradient by its normalised importance weight, eq. 14);
+  k = 1 is the ELBO with a one-sample estimate of the KL.
 
 `beta_vae` is this class with the defaults of Burgess et al. (2018, appendix) for 64x64 dSprites:
 four 4x4 stride-2 convolutions of 32 channels, two fully connected layers of 256, 10 latent units,
@@ -44,11 +48,12 @@ class VAEConfig(ModelConfig, BackboneConfig):
     latent_dim: int = number(32, 1)
     likelihood: str = choice(*LIKELIHOODS)
     sigma: float = number(1.0, 0.0, None, lo_open=True)  # std of the fixed-variance Gaussian likelihood
-    objective: str = choice("beta", "capacity")  # how the KL enters the loss (module docstring)
+    objective: str = choice("beta", "capacity", "iwae")  # what the loss is (module docstring)
     beta: float = number(1.0, 0.0)  # the KL's weight when objective="beta"; 1: the ELBO
     gamma: float = number(1000.0, 0.0, lo_open=True)  # weight of |KL - C| when objective="capacity"
     capacity_max: float = number(25.0, 0.0)  # C_max in nats (Burgess et al.: 25 for dSprites)
     capacity_steps: int = number(100_000, 0)  # steps over which C rises from 0 to C_max (0: C_max at once)
+    iwae_k: int = number(50, 1)  # importance samples per example when objective="iwae" (Burda et al.: 5, 50)
     # validation passes also report each unit's KL as kl_<i>, for the plot of KL per unit over training
     log_kl_units: bool = False
 
@@ -90,6 +95,9 @@ class VAE(Model):
 
     def loss(self, x: torch.Tensor) -> Loss:
         c = self.config
+        if c.objective == "iwae":
+            neg_iwae = self.nll_iwae(x, c.iwae_k).mean()
+            return Loss(neg_iwae, {"neg_iwae": neg_iwae})
         recon, kl_units = self.elbo_parts(x)
         recon, kl = recon.mean(), kl_units.sum(1).mean()
         terms = {"recon": recon, "kl": kl}
