@@ -30,8 +30,13 @@ machine only ratios taken side by side mean anything.
    and the machine's matmul rate on a 2048^3 product.
 5. Further models while they are in the registry: `beta_vae` (Burgess et al. conv nets on dSprites,
    batch 64) against pythae's BetaVAE, `vqvae` (MNIST, MSE likelihood to match pythae's) against
-   pythae's VQVAE with EMA codebook, and `dae`, `sparse_ae`, `ksparse_ae` on one 784-500-100 tanh
-   MLP with squared error against the PyPI package `autoencoders` (its `cae` is in regularised.py).
+   pythae's VQVAE with EMA codebook, and `dae`, `sparse_ae`, `ksparse_ae` and `cae` (the exact
+   two-layer penalty) on one 784-500-100 tanh MLP with squared error against the PyPI package
+   `autoencoders` (whose contractive penalty takes one backward pass per code unit).
+
+In every model step aezoo's Adam is the one its engine builds (`aezoo.train.make_optimizer`: LeanAdam,
+torch's CPU arithmetic bit for bit), the peers' torch.optim.Adam; `aezoo_fused_adam` is the same aezoo
+step with the opt-in train.fused_optimizer=true (torch's fused kernels; the last bits differ).
 6. The VAE model step again at torch's default thread count, to show what oversubscription costs.
 
 Torch runs on --threads threads (default 1): on this 2-core machine shared by several processes,
@@ -67,6 +72,7 @@ from common import write_result
 import aezoo
 from aezoo.config import (
     EvalConfig,
+    TrainConfig,
     make_run_config,
     merge,
     parse_overrides,
@@ -74,7 +80,7 @@ from aezoo.config import (
 )
 from aezoo.data import Batches, Dataset, load_dataset
 from aezoo.registry import MODELS, entry
-from aezoo.train import RunFolder, Trainer
+from aezoo.train import RunFolder, Trainer, make_optimizer
 
 ROOT = Path(__file__).parents[1]
 DEFAULT_THREADS = torch.get_num_threads()
@@ -126,10 +132,20 @@ def rate_summary(rates: list[float]) -> dict:
     return {"median": round(statistics.median(rates), 1), "per_round": [round(r, 1) for r in rates]}
 
 
+def peer_adam(params) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=1e-3)
+
+
+def aezoo_adam(params, fused: bool = False) -> torch.optim.Optimizer:
+    """Adam 1e-3 as aezoo's engine builds it (`make_optimizer`): LeanAdam, torch's arithmetic bit for bit,
+    or with train.fused_optimizer=true torch's fused kernels (the last bits differ)."""
+    return make_optimizer(params, TrainConfig(lr=1e-3, fused_optimizer=fused))
+
+
 def step_loop(model: nn.Module, loss_fn: Callable, batches: list[torch.Tensor], steps: int,
-              before_step: Callable[[int], None] = lambda i: None, fused: bool = False) -> Callable[[], int]:
+              before_step: Callable[[int], None] = lambda i: None, optimizer: Callable = peer_adam) -> Callable[[], int]:
     """A training loop of `steps` steps (forward to the loss, backward, Adam 1e-3) over pre-made batches."""
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused or None)
+    opt = optimizer(model.parameters())
     done = [0]
 
     def run() -> int:
@@ -342,13 +358,14 @@ def vae_training(steps: int, rounds: int, trained: list) -> dict:
     theirs = pythae_vae(ours)
     prototype = copy.deepcopy(ours)
     products = layer_products(ours, aezoo_loss, batches[0])
-    rates = race({"aezoo": step_loop(ours, aezoo_loss, batches, steps),
+    rates = race({"aezoo": step_loop(ours, aezoo_loss, batches, steps, optimizer=aezoo_adam),
                   "pythae": step_loop(theirs, pythae_loss, batches, steps),
-                  "aezoo_fused_adam": step_loop(prototype, aezoo_loss, batches, steps, fused=True),
+                  "aezoo_fused_adam": step_loop(prototype, aezoo_loss, batches, steps, optimizer=FUSED),
                   "products_alone": products_loop(products, steps, 100)}, rounds)
-    out = {"what": "forward to the loss, backward, Adam 1e-3 step; the same 50 pre-made binarised batches of 100",
-           "aezoo_fused_adam": "a prototype, not an aezoo option yet: the same aezoo step with "
-                               "torch.optim.Adam(fused=True) (one kernel per parameter instead of ~10)",
+    out = {"what": "forward to the loss, backward, Adam 1e-3 step; the same 50 pre-made binarised batches of 100; "
+                   "aezoo's Adam as its engine builds it (LeanAdam), pythae's torch.optim.Adam",
+           "aezoo_fused_adam": "the opt-in train.fused_optimizer=true: torch.optim.Adam(fused=True), one "
+                               "kernel per parameter instead of ~7; the last bits of the weights differ",
            "steps_per_round": steps, "samples_per_s": {k: rate_summary(v) for k, v in rates.items()},
            **versus(rates, "aezoo", "pythae"),
            "fused_adam_vs_pythae": versus(rates, "aezoo_fused_adam", "pythae"),
@@ -542,12 +559,16 @@ def model_race(ours: nn.Module, theirs: nn.Module, their_loss: Callable, batches
     """aezoo's model step against a peer's on the same batches, with the bound of aezoo's products."""
     products = layer_products(ours, aezoo_loss, batches[0])
     batch = len(batches[0])
-    rates = race({"aezoo": step_loop(ours, aezoo_loss, batches, steps, aezoo_step_hook(ours)),
+    fused = copy.deepcopy(ours)
+    rates = race({"aezoo": step_loop(ours, aezoo_loss, batches, steps, aezoo_step_hook(ours), aezoo_adam),
                   "peer": step_loop(theirs, their_loss, batches, steps),
+                  "aezoo_fused_adam": step_loop(fused, aezoo_loss, batches, steps, aezoo_step_hook(fused), FUSED),
                   "products_alone": products_loop(products, steps, batch)}, rounds)
     return {"what": what, "batch": batch, "steps_per_round": steps,
             "samples_per_s": {k: rate_summary(v) for k, v in rates.items()},
-            **versus(rates, "aezoo", "peer"), "bound": bound_report(products, rates, "aezoo", "products_alone", batch)}
+            **versus(rates, "aezoo", "peer"), "fused_adam_vs_peer": versus(rates, "aezoo_fused_adam", "peer"),
+            "bound": bound_report(products, rates, "aezoo", "products_alone", batch),
+            "bound_fused_adam": bound_report(products, rates, "aezoo_fused_adam", "products_alone", batch)}
 
 
 def beta_vae(steps: int, rounds: int) -> dict:
@@ -591,9 +612,11 @@ def autoencoders_loss(model, x):
 def autoencoders_model(name: str):
     """The `autoencoders` counterpart of aezoo's `name` on the 784-500-100 tanh MLP (decoder mirrored)."""
     from autoencoders.data.base import TensorSpec
-    from autoencoders.models import dae, klsae, topksae
+    from autoencoders.models import cae, dae, klsae, topksae
 
-    if name == "dae":
+    if name == "cae":  # its penalty: one backward pass per code unit
+        cls, config = cae.ContractiveAutoencoderModel, cae.ContractiveAutoencoderConfig(contractive_weight=0.1)
+    elif name == "dae":
         cls, config = dae.DenoisingAutoencoderModel, dae.DenoisingAutoencoderConfig(noise_type="masking", masking_ratio=0.25)
     elif name == "sparse_ae":
         cls, config = klsae.KLSparseAutoencoderModel, klsae.KLSparseAutoencoderConfig(sparsity_weight=3.0, target_activation=0.05)
@@ -609,6 +632,7 @@ AEZOO_REGULARISED = {
     "dae": {"corruption": "mask", "fraction": 0.25, "code_activation": "linear"},
     "sparse_ae": {"code_activation": "sigmoid", "rho": 0.05, "beta": 3.0},
     "ksparse_ae": {"code_activation": "linear", "k": 25, "k_schedule_steps": 0},
+    "cae": {"code_activation": "linear", "contractive_weight": 0.1, "penalty": "two_layer"},
 }
 
 
@@ -637,7 +661,7 @@ def default_threads(steps: int, rounds: int) -> dict:
     theirs = pythae_vae(ours)
     torch.set_num_threads(DEFAULT_THREADS)
     try:
-        rates = race({"aezoo": step_loop(ours, aezoo_loss, batches, steps),
+        rates = race({"aezoo": step_loop(ours, aezoo_loss, batches, steps, optimizer=aezoo_adam),
                       "pythae": step_loop(theirs, pythae_loss, batches, steps)}, rounds)
     finally:
         torch.set_num_threads(ARGS.threads)
@@ -671,6 +695,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=200, help="training steps per round (MLP models)")
     p.add_argument("--conv-steps", type=int, default=10, help="training steps per round (beta_vae, vqvae)")
+    p.add_argument("--cae-steps", type=int, default=20, help="training steps per round (cae: the peer's is ~1 s)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--nll-examples", type=int, default=1000)
     p.add_argument("--nll-k", type=int, default=1000)
@@ -711,14 +736,15 @@ def main() -> None:
             elif name not in MODELS:
                 others[name] = {"skipped": f"no {name} in the registry"}
             else:
-                others[name] = timed(name, functools.partial(regularised, name, args.steps, args.rounds))
-        others["cae"] = {"skipped": "compared with autoencoders in bench/regularised.py"}
+                steps = args.cae_steps if name == "cae" else args.steps
+                others[name] = timed(name, functools.partial(regularised, name, steps, args.rounds))
         result["others"] = others
     result["wall_s"] = round(time.perf_counter() - started, 1)
     write_result(__file__, result)
 
 
 ARGS: argparse.Namespace
+FUSED = functools.partial(aezoo_adam, fused=True)
 
 
 if __name__ == "__main__":

@@ -157,7 +157,10 @@ class Batches:
     def get(self, step: int) -> torch.Tensor:
         """The float batch for `step`, values in [0, 1], binarised if asked."""
         idx = self.indices(step).to(self.x.device)
-        return prepare(self.x[idx], self.ds.scale, self.binarize, mix_seed(self.seed, step, 7), self.rank, self.world)
+        # index_select: the rows self.x[idx] gives, without advanced indexing's overhead (15x for a batch
+        # of MNIST); splits that render their images on demand (dSprites) are indexed as they define
+        rows = self.x.index_select(0, idx) if isinstance(self.x, torch.Tensor) else self.x[idx]
+        return prepare(rows, self.ds.scale, self.binarize, mix_seed(self.seed, step, 7), self.rank, self.world)
 
     def labels(self, step: int) -> torch.Tensor | None:
         y = self.ds.labels.get(self.split)
@@ -179,6 +182,6 @@ def prepare(raw: torch.Tensor, scale: float, binarize: str, seed: int, rank: int
         x = x / scale
     if binarize == "dynamic":
         g = torch.Generator(x.device).manual_seed(seed)
-        u = torch.rand((len(x) * world, *x.shape[1:]), generator=g, device=x.device)[rank::world]
-        x = (u < x).to(x.dtype)
+        u = torch.rand((len(x) * world, *x.shape[1:]), generator=g, device=x.device)[rank::world].contiguous()
+        x = u.lt_(x)  # 1.0 where u < pixel, in place in the noise's own (float) buffer: one kernel, no bool copy
     return x

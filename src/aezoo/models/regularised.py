@@ -55,7 +55,15 @@ def fraction_mask(x: torch.Tensor, fraction: float) -> torch.Tensor:
     chosen uniformly at random, anew for each example."""
     b, d = len(x), x[0].numel()
     n = round(fraction * d)
-    idx = torch.rand(b, d, device=x.device).argsort(1)[:, :n]
+    u = torch.rand(b, d, device=x.device)  # the chosen dimensions: each row's n smallest values
+    if 0 < n < d and b:
+        # Selecting the n-th smallest is ~4x cheaper than sorting the row. Each row of `u <= kth` holds
+        # at least n; more only where the n-th is tied with the (n+1)-th (rare), and then the sort's
+        # order decides, as it always did.
+        chosen = u <= u.kthvalue(n, 1, keepdim=True).values
+        if int(chosen.count_nonzero()) == b * n:
+            return chosen.view_as(x)
+    idx = u.argsort(1)[:, :n]
     return torch.zeros(b, d, dtype=torch.bool, device=x.device).scatter_(1, idx, True).view_as(x)
 
 

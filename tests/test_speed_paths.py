@@ -1,0 +1,158 @@
+"""The hot paths rewritten for speed give bit for bit what the plain formulas they replaced gave."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from aezoo.config import TrainConfig
+from aezoo.data import Batches, Dataset
+from aezoo.data.base import mix_seed, prepare
+from aezoo.models.ae import reconstruction_error
+from aezoo.models.regularised import fraction_mask
+from aezoo.train import LeanAdam, make_optimizer
+
+# --- the data path ---------------------------------------------------------------------------------
+
+
+def old_prepare(raw, scale, binarize, seed, rank=0, world=1):
+    x = raw.float()
+    if scale != 1.0:
+        x = x / scale
+    if binarize == "dynamic":
+        g = torch.Generator(x.device).manual_seed(seed)
+        u = torch.rand((len(x) * world, *x.shape[1:]), generator=g, device=x.device)[rank::world]
+        x = (u < x).to(x.dtype)
+    return x
+
+
+@pytest.mark.parametrize("binarize", ["none", "dynamic"])
+@pytest.mark.parametrize("world", [1, 2])
+def test_batches_equal_fancy_indexing_and_the_bool_draw(binarize, world):
+    g = torch.Generator().manual_seed(0)
+    ds = Dataset("fake", {"train": torch.randint(0, 256, (60, 1, 5, 5), dtype=torch.uint8, generator=g)}, "test", scale=255.0)
+    for rank in range(world):
+        b = Batches(ds, "train", 8, binarize, seed=3, rank=rank, world=world)
+        for step in range(10):
+            new = b.get(step)
+            old = old_prepare(ds.x["train"][b.indices(step)], 255.0, binarize, mix_seed(3, step, 7), rank, world)
+            assert new.is_contiguous() and new.dtype == old.dtype and torch.equal(new, old)
+
+
+def test_prepare_leaves_float_data_alone():
+    raw = torch.rand(6, 4)
+    kept = raw.clone()
+    assert torch.equal(prepare(raw, 1.0, "dynamic", 5), old_prepare(raw, 1.0, "dynamic", 5))
+    assert torch.equal(raw, kept)
+
+
+# --- the denoising mask ----------------------------------------------------------------------------
+
+
+def old_fraction_mask(x, fraction):
+    b, d = len(x), x[0].numel()
+    n = round(fraction * d)
+    idx = torch.rand(b, d, device=x.device).argsort(1)[:, :n]
+    return torch.zeros(b, d, dtype=torch.bool, device=x.device).scatter_(1, idx, True).view_as(x)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.001, 0.25, 0.5, 0.9, 0.999, 1.0])
+def test_fraction_mask_selects_what_the_sort_selected(fraction):
+    x = torch.rand(64, 1, 28, 28)
+    for seed in range(5):
+        torch.manual_seed(seed)
+        new = fraction_mask(x, fraction)
+        torch.manual_seed(seed)
+        assert torch.equal(new, old_fraction_mask(x, fraction))
+        assert (new.flatten(1).sum(1) == round(fraction * 784)).all()
+
+
+def test_fraction_mask_with_ties_at_the_boundary(monkeypatch):
+    """Noise on a coarse grid ties often at the n-th value: the sort's order decides, as before."""
+    rand = torch.rand
+    monkeypatch.setattr(torch, "rand", lambda *a, **k: (rand(*a, **k) * 16).floor() / 16)
+    x = torch.rand(32, 50)
+    for seed in range(5):
+        torch.manual_seed(seed)
+        new = fraction_mask(x, 0.3)
+        torch.manual_seed(seed)
+        assert torch.equal(new, old_fraction_mask(x, 0.3))
+
+
+# --- squared error ---------------------------------------------------------------------------------
+
+
+def test_squared_error_and_its_gradient_are_the_power_formula():
+    x = torch.rand(50, 1, 28, 28)
+    out = torch.randn(50, 1, 28, 28, requires_grad=True)
+    new = reconstruction_error(out, x, "mse")
+    old = ((out - x) ** 2).flatten(1).sum(1)
+    assert torch.equal(new, old)
+    w = torch.randn(50)
+    assert torch.equal(torch.autograd.grad((new * w).sum(), out)[0], torch.autograd.grad((old * w).sum(), out)[0])
+
+
+# --- the optimiser ---------------------------------------------------------------------------------
+
+
+def _net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(37, 53), nn.Tanh(), nn.Linear(53, 5))
+
+
+def _train(net, opt, steps, seed, skip_bias_every=0):
+    g = torch.Generator().manual_seed(seed)
+    for i in range(steps):
+        opt.zero_grad(set_to_none=True)
+        net(torch.randn(16, 37, generator=g)).pow(2).mean().backward()
+        if skip_bias_every and i % skip_bias_every == 0:
+            net[2].bias.grad = None  # a parameter left out of a step (layer-wise pretraining does it)
+        opt.step()
+
+
+@pytest.mark.parametrize("kw", [{}, {"weight_decay": 0.1}, {"weight_decay": 0.1, "decoupled_weight_decay": True},
+                                {"betas": (0.5, 0.9), "eps": 1e-4}])
+def test_lean_adam_is_torch_adam_bit_for_bit(kw):
+    a, b = _net(), _net()
+    ta, tb = torch.optim.Adam(a.parameters(), lr=1e-2, **kw), LeanAdam(b.parameters(), lr=1e-2, **kw)
+    _train(a, ta, 25, 1, skip_bias_every=3)
+    _train(b, tb, 25, 1, skip_bias_every=3)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    sa, sb = ta.state_dict(), tb.state_dict()
+    assert sa["param_groups"] == sb["param_groups"]
+    for i in sa["state"]:
+        assert sa["state"][i].keys() == sb["state"][i].keys()
+        assert all(torch.equal(sa["state"][i][k], sb["state"][i][k]) for k in sa["state"][i])
+
+
+def test_lean_adam_resumes_from_torch_adam_state():
+    a = _net()
+    ta = torch.optim.Adam(a.parameters(), lr=1e-2)
+    _train(a, ta, 10, 1)
+    b = copy.deepcopy(a)
+    tb = LeanAdam(b.parameters(), lr=1e-2)
+    tb.load_state_dict(copy.deepcopy(ta.state_dict()))  # (load_state_dict keeps the tensors it is given)
+    _train(a, ta, 10, 2)
+    _train(b, tb, 10, 2)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_optimizer_choice():
+    params = list(_net().parameters())
+    assert type(make_optimizer(params, TrainConfig())) is LeanAdam
+    adamw = make_optimizer(params, TrainConfig(optimizer="adamw", weight_decay=0.01))
+    assert adamw.param_groups[0]["decoupled_weight_decay"]
+    fused = make_optimizer(params, TrainConfig(fused_optimizer=True))
+    assert type(fused) is torch.optim.Adam and fused.param_groups[0]["fused"]
+    assert make_optimizer(params, TrainConfig(optimizer="sgd", fused_optimizer=True)).param_groups[0]["fused"]
+
+
+def test_fused_option_trains_close_to_the_default():
+    a, b = _net(), _net()
+    _train(a, make_optimizer(a.parameters(), TrainConfig(lr=1e-2)), 20, 1)
+    _train(b, make_optimizer(b.parameters(), TrainConfig(lr=1e-2, fused_optimizer=True)), 20, 1)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
