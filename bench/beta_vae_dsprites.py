@@ -39,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import write_result
 
 from aezoo.config import make_run_config, merge, read_config_file
-from aezoo.evaluate import evaluate
 from aezoo.data.dsprites import DSprites
+from aezoo.evaluate import evaluate
 from aezoo.plots import save_image_grid
 from aezoo.registry import entry, load
 from aezoo.train import train
