@@ -555,9 +555,10 @@ def memory(folder: Path) -> dict:
 
 
 def model_race(ours: nn.Module, theirs: nn.Module, their_loss: Callable, batches: list[torch.Tensor], steps: int,
-               rounds: int, what: str) -> dict:
-    """aezoo's model step against a peer's on the same batches, with the bound of aezoo's products."""
-    products = layer_products(ours, aezoo_loss, batches[0])
+               rounds: int, what: str, extra_products: tuple[Product, ...] = ()) -> dict:
+    """aezoo's model step against a peer's on the same batches, with the bound of aezoo's products (its
+    layers', and `extra_products` made by the loss itself)."""
+    products = layer_products(ours, aezoo_loss, batches[0]) + list(extra_products)
     batch = len(batches[0])
     fused = copy.deepcopy(ours)
     rates = race({"aezoo": step_loop(ours, aezoo_loss, batches, steps, aezoo_step_hook(ours), aezoo_adam),
@@ -646,9 +647,21 @@ def regularised(name: str, steps: int, rounds: int) -> dict:
     res = model_race(ours, theirs, autoencoders_loss, batches, steps, rounds,
                     f"784-500(tanh)-100 code, decoder 100-500(tanh)-784, squared error, batch 100, Adam 1e-3, "
                     f"pre-made MNIST batches; aezoo {AEZOO_REGULARISED[name]} against autoencoders "
-                    f"{type(theirs).__name__}")
+                    f"{type(theirs).__name__}", gram_products(ours) if name == "cae" else ())
     res["parameters"] = {"aezoo": n_ours, "peer": n_theirs}
+    if name == "cae":
+        res["bound_includes"] = ("the exact two-layer penalty's Gram products W1 W1^T (500x784 by 784x500) and "
+                                 "W2^T W2 (500x100 by 100x500), forward and both operands' gradients, as autograd runs them")
     return res
+
+
+def gram_products(cae) -> tuple[Product, ...]:
+    """The products of the two-layer contractive penalty: W1 W1^T and W2^T W2 (losses.contractive_two_layer),
+    each a product of a matrix with itself, so autograd computes a gradient for both operands."""
+    w1, w2 = cae.encoder.head[0].weight, cae.encoder.out.weight
+    h = w1.shape[0]
+    return (Product("linear", tuple(w1.shape), tuple(w1.shape), (h, h), True),
+            Product("linear", tuple(w2.T.shape), tuple(w2.T.shape), (h, h), True))
 
 
 # --- 6: threads ------------------------------------------------------------------------------------

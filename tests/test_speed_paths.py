@@ -11,8 +11,10 @@ from torch import nn
 from aezoo.config import TrainConfig
 from aezoo.data import Batches, Dataset
 from aezoo.data.base import mix_seed, prepare
+from aezoo.distributions import LIKELIHOODS, standard_normal_log_prob
 from aezoo.models.ae import reconstruction_error
 from aezoo.models.regularised import fraction_mask
+from aezoo.registry import build
 from aezoo.train import LeanAdam, make_optimizer
 
 # --- the data path ---------------------------------------------------------------------------------
@@ -156,3 +158,34 @@ def test_fused_option_trains_close_to_the_default():
     _train(b, make_optimizer(b.parameters(), TrainConfig(lr=1e-2, fused_optimizer=True)), 20, 1)
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+
+
+# --- the IWAE log-weights --------------------------------------------------------------------------
+
+
+def old_log_weights(model, x, k, max_decodes):
+    q = model.posterior(x)
+    per_chunk = max(1, max_decodes // len(x))
+    out = []
+    for start in range(0, k, per_chunk):
+        z = q.rsample(min(per_chunk, k - start))
+        flat_x = x.unsqueeze(0).expand(len(z), *x.shape).reshape(-1, *x.shape[1:])
+        log_px = model.likelihood.log_prob(model.decoder(z.flatten(0, 1)), flat_x).view(len(z), len(x))
+        out.append(log_px + standard_normal_log_prob(z) - q.log_prob(z))
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("likelihood", LIKELIHOODS)
+@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 4, 4), (13,)])
+def test_iwae_log_weights_with_the_data_broadcast_equal_the_copied_data(likelihood, shape):
+    torch.manual_seed(0)
+    model = build("vae", data_shape=shape, hidden=(16,), latent_dim=3, likelihood=likelihood)
+    x = (torch.randint(0, 256, (7, *shape)) / 255.0)
+    grads = []
+    for fn in (old_log_weights, type(model).log_weights):
+        torch.manual_seed(1)
+        lw = fn(model, x, 10, 21)  # chunks of 3 samples, the last one of 1
+        grads.append((lw, torch.autograd.grad(lw.logsumexp(0).sum(), list(model.parameters()))))
+    (old, g_old), (new, g_new) = grads
+    assert new.shape == (10, 7) and torch.equal(new, old)
+    assert all(torch.equal(a, b) for a, b in zip(g_old, g_new))

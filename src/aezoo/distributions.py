@@ -17,8 +17,8 @@ from .errors import unknown_name
 LOG_2PI = math.log(2 * math.pi)
 
 
-def _sum_per_example(t: torch.Tensor) -> torch.Tensor:
-    return t.flatten(1).sum(1)
+def _sum_per_example(t: torch.Tensor, batch_dims: int = 1) -> torch.Tensor:
+    return t.flatten(batch_dims).sum(batch_dims)
 
 
 class DiagonalGaussian:
@@ -70,6 +70,8 @@ def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------------------
 # Likelihoods p(x | decoder output). Each has `params_per_dim`, `log_prob(out, x) -> (B,)`, `mean(out)`.
+# `log_prob(out, x, batch_dims=2)` takes (K, B, ...) decodings of K samples each and returns (K, B); x
+# may then be a broadcast view, x.expand(K, B, ...), so the data is not copied K times (the IWAE bound).
 
 
 class Bernoulli:
@@ -77,8 +79,8 @@ class Bernoulli:
 
     params_per_dim = 1
 
-    def log_prob(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return -_sum_per_example(F.binary_cross_entropy_with_logits(out, x, reduction="none"))
+    def log_prob(self, out: torch.Tensor, x: torch.Tensor, batch_dims: int = 1) -> torch.Tensor:
+        return -_sum_per_example(F.binary_cross_entropy_with_logits(out, x, reduction="none"), batch_dims)
 
     def mean(self, out: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(out)
@@ -95,9 +97,9 @@ class Gaussian:
     def __init__(self, sigma: float):
         self.sigma = sigma
 
-    def log_prob(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def log_prob(self, out: torch.Tensor, x: torch.Tensor, batch_dims: int = 1) -> torch.Tensor:
         sq = ((x - out) / self.sigma) ** 2
-        return -0.5 * _sum_per_example(sq + LOG_2PI + 2 * math.log(self.sigma))
+        return -0.5 * _sum_per_example(sq + LOG_2PI + 2 * math.log(self.sigma), batch_dims)
 
     def mean(self, out: torch.Tensor) -> torch.Tensor:
         return out
@@ -115,13 +117,13 @@ class LearnedGaussian:
     params_per_dim = 2
     bound = 7.0
 
-    def _split(self, out: torch.Tensor):
-        mu, logvar = out.chunk(2, dim=1)
+    def _split(self, out: torch.Tensor, dim: int = 1):
+        mu, logvar = out.chunk(2, dim=dim)
         return mu, self.bound * torch.tanh(logvar / self.bound)
 
-    def log_prob(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        mu, logvar = self._split(out)
-        return -0.5 * _sum_per_example(LOG_2PI + logvar + (x - mu) ** 2 * torch.exp(-logvar))
+    def log_prob(self, out: torch.Tensor, x: torch.Tensor, batch_dims: int = 1) -> torch.Tensor:
+        mu, logvar = self._split(out, batch_dims)
+        return -0.5 * _sum_per_example(LOG_2PI + logvar + (x - mu) ** 2 * torch.exp(-logvar), batch_dims)
 
     def mean(self, out: torch.Tensor) -> torch.Tensor:
         return self._split(out)[0]
@@ -139,12 +141,12 @@ class DiscretizedLogistic:
     params_per_dim = 2
     half_bin = 0.5 / 255.0
 
-    def _split(self, out: torch.Tensor):
-        mu, log_s = out.chunk(2, dim=1)
+    def _split(self, out: torch.Tensor, dim: int = 1):
+        mu, log_s = out.chunk(2, dim=dim)
         return mu, log_s.clamp(min=-7.0)
 
-    def log_prob(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        mu, log_s = self._split(out)
+    def log_prob(self, out: torch.Tensor, x: torch.Tensor, batch_dims: int = 1) -> torch.Tensor:
+        mu, log_s = self._split(out, batch_dims)
         inv_s = torch.exp(-log_s)
         upper = (x - mu + self.half_bin) * inv_s
         lower = (x - mu - self.half_bin) * inv_s
@@ -159,7 +161,7 @@ class DiscretizedLogistic:
             (x - mu) * inv_s - log_s - 2 * F.softplus((x - mu) * inv_s) + math.log(2 * self.half_bin),
         )
         logp = torch.where(x < self.half_bin, log_cdf_upper, torch.where(x > 1 - self.half_bin, log_sf_lower, log_mid))
-        return _sum_per_example(logp)
+        return _sum_per_example(logp, batch_dims)
 
     def mean(self, out: torch.Tensor) -> torch.Tensor:
         return self._split(out)[0].clamp(0, 1)

@@ -118,8 +118,9 @@ class VAE(Model):
         out = []
         for start in range(0, k, per_chunk):
             z = q.rsample(min(per_chunk, k - start))  # (kc, B, D)
-            flat_x = x.unsqueeze(0).expand(len(z), *x.shape).reshape(-1, *x.shape[1:])
-            log_px = self.likelihood.log_prob(self.decoder(z.flatten(0, 1)), flat_x).view(len(z), len(x))
+            out_z = self.decoder(z.flatten(0, 1)).unflatten(0, z.shape[:2])
+            # x broadcast over the samples as a view: the data is not copied kc times (bit-identical)
+            log_px = self.likelihood.log_prob(out_z, x.expand(len(z), *x.shape), batch_dims=2)
             out.append(log_px + standard_normal_log_prob(z) - q.log_prob(z))
         return torch.cat(out)
 
