@@ -14,7 +14,7 @@ import aezoo
 from aezoo import losses, probes
 from aezoo.errors import AezooError
 from aezoo.models.ae import reconstruction_error
-from aezoo.models.regularised import fraction_mask, gaussian_noise, mask_noise, salt_pepper_noise
+from aezoo.models.regularised import fraction_mask, gaussian_noise, iid_mask_noise, mask_noise, salt_pepper_noise
 from conftest import run_cli
 
 SHAPE = (1, 6, 6)  # small images: D = 36
@@ -75,6 +75,26 @@ def test_exact_methods_agree_in_value_and_gradient():
     (v1, g1), (v2, g2) = grads.values()
     assert torch.allclose(v1, v2, rtol=1e-12)
     assert all(torch.allclose(a, b, rtol=1e-9, atol=1e-12) for a, b in zip(g1, g2))
+
+
+def test_gram_product_has_the_gradient_of_w_times_w_transposed():
+    w = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.allclose(losses.gram(w), w @ w.T)
+    assert torch.autograd.gradcheck(losses.gram, (w,))
+    assert torch.autograd.gradgradcheck(losses.gram, (w,))
+
+
+def test_two_layer_penalty_gradient_equals_the_batched_jacobians():
+    torch.manual_seed(0)
+    grads = {}
+    for method in ("two_layer", "jacobian"):
+        torch.manual_seed(0)
+        model = cae(hidden=(9,), latent_dim=4, penalty=method, contractive_weight=0.7, code_activation="linear")
+        x = torch.rand(5, *SHAPE, dtype=torch.float64)
+        out = model.loss(x)
+        out.total.backward()
+        grads[method] = [p.grad.clone() for p in model.encoder.parameters()]
+    assert all(torch.allclose(a, b, rtol=1e-9, atol=1e-12) for a, b in zip(*grads.values()))
 
 
 def test_projection_estimate_is_unbiased():
@@ -178,7 +198,7 @@ def test_sparse_ae_penalises_the_chosen_layers():
 # --- denoising -----------------------------------------------------------------------------------
 
 
-def test_mask_and_salt_pepper_corrupt_the_stated_fraction():
+def test_mask_salt_pepper_and_iid_mask_corrupt_the_stated_fraction():
     x = torch.full((50, 1, 10, 10), 0.5)
     for fraction in (0.0, 0.1, 0.25, 0.5, 1.0):
         mask = fraction_mask(x, fraction)
@@ -193,6 +213,10 @@ def test_mask_and_salt_pepper_corrupt_the_stated_fraction():
     assert (changed.sum(1) <= 20).all() and (changed[1:].sum(1) == 20).all()
     assert set(sp[changed].unique().tolist()) == {0.0, 1.0}
     assert abs(float((sp[changed] == 1).float().mean()) - 0.5) < 0.03  # a fair coin
+    iid = iid_mask_noise(torch.full((400, 100), 0.5), 0.25) == 0  # independent: Binomial(100, 0.25) per row
+    counts = iid.sum(1).float()
+    assert abs(float(counts.mean()) - 25) < 0.5 and abs(float(counts.var()) - 100 * 0.25 * 0.75) < 4
+    assert abs(float(iid.float().mean(0).std()) - (0.25 * 0.75 / 400) ** 0.5) < 0.006  # no favoured dimension
     noise = gaussian_noise(torch.zeros(200_000), 0.3)
     assert abs(float(noise.std()) - 0.3) < 0.003 and abs(float(noise.mean())) < 0.003
 

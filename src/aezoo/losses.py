@@ -76,6 +76,25 @@ def contractive_one_layer(ds: torch.Tensor, weight: torch.Tensor) -> torch.Tenso
     return ds.pow(2) @ weight.pow(2).sum(1)
 
 
+class _Gram(torch.autograd.Function):
+    """W W^T, whose gradient G W + G^T W autograd would take as two products; here one, (G + G^T) W."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(w)
+        return w @ w.T
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (w,) = ctx.saved_tensors
+        return (grad + grad.T) @ w
+
+
+def gram(w: torch.Tensor) -> torch.Tensor:
+    """W W^T (differentiable, half the backward products of `w @ w.T`)."""
+    return _Gram.apply(w)
+
+
 def contractive_two_layer(ds: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
     """||J||_F^2 (B,) of h = W2 s(W1 x + b1) + b2, whose Jacobian is J = W2 diag(s') W1, without forming J:
 
@@ -83,7 +102,7 @@ def contractive_two_layer(ds: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) 
 
     one (H, H) matrix per step, then a quadratic form per example. ds: (B, H) the hidden derivatives s';
     w1: (H, D); w2: (K, H)."""
-    m = (w2.T @ w2) * (w1 @ w1.T)  # (H, H)
+    m = gram(w2.T) * gram(w1)  # (H, H)
     return ((ds @ m) * ds).sum(1)
 
 

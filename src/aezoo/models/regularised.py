@@ -4,8 +4,10 @@ Autoencoder"): the plain AE of `ae.py` with one of its hooks filled.
 - `dae` (Vincent et al. 2008; 2010): the encoder sees a corrupted x~ ~ M_D(x~ | x) and the loss compares
   the reconstruction with the clean x: L_DAE = 1/n sum_i ||x_i - f(g(x~_i))||^2 (survey eq. L_DAE), or the
   cross-entropy. M_D by name (Vincent 2010, sec. 4.2): `mask` zeroes a fixed fraction nu of the input
-  dimensions, drawn anew for each example; `gaussian` adds N(0, sigma^2 I); `salt_pepper` sets a fixed
-  fraction nu to the minimum or the maximum value by a fair coin flip. Greedy layer-wise pretraining of
+  dimensions, drawn anew for each example; `mask_iid` zeroes each dimension independently with
+  probability nu (the binomial masking of the deeplearning.net dA tutorial and of most code since: nu
+  of the dimensions on average, a number that varies per example); `gaussian` adds N(0, sigma^2 I);
+  `salt_pepper` sets a fixed fraction nu to the minimum or the maximum value by a fair coin flip. Greedy layer-wise pretraining of
   a stack (Vincent 2010, sec. 3.5 and fig. 3): with `pretrain_steps` > 0 layer l is trained alone as a
   one-layer DAE of the (clean) output of the layers below it for `pretrain_steps` steps, bottom first,
   then the whole deep autoencoder, each layer's decoder stacked in reverse, is fine-tuned on the
@@ -72,6 +74,11 @@ def mask_noise(x: torch.Tensor, fraction: float) -> torch.Tensor:
     return x.masked_fill(fraction_mask(x, fraction), 0.0)
 
 
+def iid_mask_noise(x: torch.Tensor, probability: float) -> torch.Tensor:
+    """Each dimension set to 0 independently with `probability`."""
+    return x.masked_fill(torch.rand_like(x) < probability, 0.0)
+
+
 def salt_pepper_noise(x: torch.Tensor, fraction: float) -> torch.Tensor:
     """Salt-and-pepper noise: a fixed fraction of each example's dimensions set to the minimum or the
     maximum value (of the batch: 0 and 1 for images in [0, 1]) by a fair coin flip."""
@@ -127,8 +134,8 @@ class RegularisedAE(AE):
 
 @dataclass
 class DAEConfig(RegularisedConfig):
-    corruption: str = choice("mask", "gaussian", "salt_pepper")
-    fraction: float = number(0.25, 0.0, 1.0)  # mask, salt_pepper: the fraction nu of input dimensions corrupted
+    corruption: str = choice("mask", "mask_iid", "gaussian", "salt_pepper")
+    fraction: float = number(0.25, 0.0, 1.0)  # mask, mask_iid, salt_pepper: the fraction nu of input dimensions corrupted
     sigma: float = number(0.5, 0.0)  # gaussian: the noise's standard deviation
     # > 0: greedy layer-wise pretraining, this many steps per layer (bottom first), then fine-tuning
     pretrain_steps: int = number(0, 0)
@@ -147,6 +154,8 @@ class DAE(RegularisedAE):
         c = self.config
         if c.corruption == "mask":
             return mask_noise(x, c.fraction)
+        if c.corruption == "mask_iid":
+            return iid_mask_noise(x, c.fraction)
         if c.corruption == "salt_pepper":
             return salt_pepper_noise(x, c.fraction)
         return gaussian_noise(x, c.sigma)
