@@ -21,7 +21,7 @@ traversals of the first seed's models (beta_vae_dsprites_traversals_<variant>.pn
     OUT=/tmp/bvae12k; run="nohup env OMP_NUM_THREADS=1 .venv/bin/python bench/beta_vae_dsprites.py --out $OUT"
     $run --seeds 0 --variants beta4 --train &  $run --seeds 0 --variants beta1 --train &
     $run --seeds 0 --variants capacity --train &          # when beta4 is done: two processes at a time
-    $run --seeds 0                                        # 7,000 steps: evaluates, writes the JSON
+    $run --seeds 0                                        # 8,000 steps: evaluates, writes the JSON
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ CAPACITY_NOTE = (
     "gamma times the size of the KL's, flipping sign around KL = C, so Adam's step scale is set by it and the "
     "encoder learns from the reconstruction gamma times slower. A pilot with gamma = 10 (C over 12,000 steps) "
     "left the plateau at step ~400 (recon 148 nats at step 675, KL 6.5 above C = 1.4: above C it acts as a "
-    "beta = 10 penalty). The benchmark's capacity run raises C over its 7,000 steps. Not tested: gamma = 100 with C over 12,000 steps (the pilots changed gamma and the "
-    "speed of C together).")
+    "beta = 10 penalty). The benchmark's capacity run raises C over its 8,000 steps. Not tested: gamma = 100 "
+    "with C over 12,000 steps (the pilots changed gamma and the speed of C together).")
 VAL_EVERY = 600  # steps between validation passes (their KL per unit makes plots/kl_per_unit_training.png)
 KEYS = ("betavae_score", "factorvae_score", "mig", "dci_disentanglement", "dci_completeness",
         "dci_informativeness", "sap", "neg_elbo", "nll_iwae", "recon_bce", "active_units", "kl_per_dim",
@@ -90,7 +90,7 @@ def save_traversals(run: Path, path: Path, n: int = 256) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--steps", type=int, default=7_000)
+    p.add_argument("--steps", type=int, default=8_000)
     p.add_argument("--metric-samples", type=int, default=50_000)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--gamma", type=float, default=10.0, help="the capacity objective's gamma")
