@@ -656,17 +656,18 @@ def regularised(label: str, steps: int, rounds: int) -> dict:
     res["parameters"] = {"aezoo": n_ours, "peer": n_theirs}
     if name == "cae":
         res["bound_includes"] = ("the exact two-layer penalty's Gram products W1 W1^T (500x784 by 784x500) and "
-                                 "W2^T W2 (500x100 by 100x500), forward and both operands' gradients, as autograd runs them")
+                                 "W2^T W2 (500x100 by 100x500), each forward and its one backward product (G + G^T) W")
     return res
 
 
 def gram_products(cae) -> tuple[Product, ...]:
-    """The products of the two-layer contractive penalty: W1 W1^T and W2^T W2 (losses.contractive_two_layer),
-    each a product of a matrix with itself, so autograd computes a gradient for both operands."""
+    """The products of the two-layer contractive penalty: W1 W1^T and W2^T W2 (losses.contractive_two_layer
+    through losses.gram), each forward and one backward product (G + G^T) W, timed as a linear layer's
+    forward and weight gradient."""
     w1, w2 = cae.encoder.head[0].weight, cae.encoder.out.weight
     h = w1.shape[0]
-    return (Product("linear", tuple(w1.shape), tuple(w1.shape), (h, h), True),
-            Product("linear", tuple(w2.T.shape), tuple(w2.T.shape), (h, h), True))
+    return (Product("linear", tuple(w1.shape), tuple(w1.shape), (h, h), False),
+            Product("linear", tuple(w2.T.shape), tuple(w2.T.shape), (h, h), False))
 
 
 # --- 6: threads ------------------------------------------------------------------------------------
