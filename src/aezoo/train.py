@@ -19,6 +19,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -330,6 +331,14 @@ class Trainer:
         if self.skipped_in_a_row >= 20:  # the scale fell 2^20-fold: not an overflow a scaler can fix
             raise self._stopped("fp16 gradients overflowed 20 steps in a row (try train.precision=bf16)")
 
+    def _schedule_step(self) -> None:
+        if self.scaler is None:
+            self.schedule.step()
+            return
+        with warnings.catch_warnings():  # a step the fp16 scaler skipped still advances the schedule
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+            self.schedule.step()
+
     def _all_finite(self, total: torch.Tensor) -> bool:
         ok = torch.isfinite(total.detach()).to(torch.float32)
         if self.procs.world > 1:  # every process stops together, or none does
@@ -377,7 +386,7 @@ class Trainer:
                     name = next((k for k, v in terms.items() if not torch.isfinite(v)), "total")
                     raise self._stopped(f"loss term '{name}' is {float(terms.get(name, total).detach())}")
                 self._optimizer_step(total)
-                self.schedule.step()
+                self._schedule_step()
                 self.step += 1
                 for k, v in {"loss": total, **terms}.items():  # summed on the device: no sync per step
                     self.log_sums[k] = self.log_sums.get(k, 0.0) + v.detach().double()
