@@ -21,7 +21,10 @@ traversals of the first seed's models (beta_vae_dsprites_traversals_<variant>.pn
     OUT=/tmp/bvae12k; run="nohup env OMP_NUM_THREADS=1 .venv/bin/python bench/beta_vae_dsprites.py --out $OUT"
     $run --seeds 0 --variants beta4 --train &  $run --seeds 0 --variants beta1 --train &
     $run --seeds 0 --variants capacity --train &          # when beta4 is done: two processes at a time
-    $run --seeds 0                                        # 8,000 steps: evaluates, writes the JSON
+    $run --seeds 1 --variants beta4 --train &  $run --seeds 1 --variants beta1 --train &  # as time allowed
+    $run --seeds 0,1                                      # 8,000 steps: evaluates, writes the JSON
+(beta4 seed 0 was interrupted at step 3,265 and resumed with its total set to 8,000, beta1 seed 0
+trained to 7,000 and resumed to 8,000: the JSON's notes; capacity seed 1 is listed as not_run.)
 """
 
 from __future__ import annotations
