@@ -633,25 +633,25 @@ def autoencoders_model(name: str):
 # probability), so `dae` races aezoo's mask_iid, the same corruption; `dae_fixed_fraction` races aezoo's
 # default mask (exactly 25% of each image, Vincent 2008), different and costlier work, for its price.
 AEZOO_REGULARISED = {
-    "dae": {"corruption": "mask_iid", "fraction": 0.25, "code_activation": "linear"},
-    "dae_fixed_fraction": {"corruption": "mask", "fraction": 0.25, "code_activation": "linear"},
-    "sparse_ae": {"code_activation": "sigmoid", "rho": 0.05, "beta": 3.0},
-    "ksparse_ae": {"code_activation": "linear", "k": 25, "k_schedule_steps": 0},
-    "cae": {"code_activation": "linear", "contractive_weight": 0.1, "penalty": "two_layer"},
+    "dae": ("dae", {"corruption": "mask_iid", "fraction": 0.25, "code_activation": "linear"}),
+    "dae_fixed_fraction": ("dae", {"corruption": "mask", "fraction": 0.25, "code_activation": "linear"}),
+    "sparse_ae": ("sparse_ae", {"code_activation": "sigmoid", "rho": 0.05, "beta": 3.0}),
+    "ksparse_ae": ("ksparse_ae", {"code_activation": "linear", "k": 25, "k_schedule_steps": 0}),
+    "cae": ("cae", {"code_activation": "linear", "contractive_weight": 0.1, "penalty": "two_layer"}),
 }
 
 
 def regularised(label: str, steps: int, rounds: int) -> dict:
-    name = label.split("_fixed")[0]
+    name, config = AEZOO_REGULARISED[label]
     ds = mnist()
     batches = premade(ds, "train", 100, "none", 50)
     torch.manual_seed(0)
-    ours = aezoo.build(name, data_shape=(1, 28, 28), **PEER_MLP, **AEZOO_REGULARISED[label])
+    ours = aezoo.build(name, data_shape=(1, 28, 28), **PEER_MLP, **config)
     theirs = autoencoders_model(name)
     n_ours, n_theirs = (sum(p.numel() for p in m.parameters()) for m in (ours, theirs))
     res = model_race(ours, theirs, autoencoders_loss, batches, steps, rounds,
                     f"784-500(tanh)-100 code, decoder 100-500(tanh)-784, squared error, batch 100, Adam 1e-3, "
-                    f"pre-made MNIST batches; aezoo {AEZOO_REGULARISED[label]} against autoencoders "
+                    f"pre-made MNIST batches; aezoo {config} against autoencoders "
                     f"{type(theirs).__name__}", gram_products(ours) if name == "cae" else ())
     res["parameters"] = {"aezoo": n_ours, "peer": n_theirs}
     if name == "cae":
@@ -752,7 +752,7 @@ def main() -> None:
         for label in AEZOO_REGULARISED:
             if autoencoders is None:
                 others[label] = {"skipped": "autoencoders is not installed"}
-            elif label.split("_fixed")[0] not in MODELS:
+            elif AEZOO_REGULARISED[label][0] not in MODELS:
                 others[label] = {"skipped": f"no {label} in the registry"}
             else:
                 steps = args.cae_steps if label == "cae" else args.steps

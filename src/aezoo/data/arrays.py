@@ -87,7 +87,7 @@ def read_splits(path: Path, ndims: tuple[int, ...], what: str = "the array") -> 
         raise AezooError(f"data.file: no such file: {path}")
     if path.suffix in (".csv", ".parquet"):
         array = _read_csv(path) if path.suffix == ".csv" else _read_parquet(path)
-        return _split(_check(array, path, what, ndims), path)
+        return split_in_order(_check(array, path, what, ndims), path)
     try:
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
@@ -104,10 +104,11 @@ def read_splits(path: Path, ndims: tuple[int, ...], what: str = "the array") -> 
             if len(names) != 1:
                 raise AezooError(f"{path}: expected arrays named train, val and test, or a single array; found {sorted(names)}")
             loaded = loaded[names.pop()]
-    return _split(_check(loaded, path, what, ndims), path)
+    return split_in_order(_check(loaded, path, what, ndims), path)
 
 
-def _split(a: np.ndarray, path: Path) -> dict[str, np.ndarray]:
+def split_in_order(a: np.ndarray, path: Path) -> dict[str, np.ndarray]:
+    """train / val / test: the first 80%, the next 10%, the last 10% (at least one example each)."""
     n = len(a)
     if n < 3:
         raise AezooError(f"{path}: {n} examples; at least 3 are needed for train, validation and test")

@@ -25,6 +25,7 @@ import torch
 
 from ..config import DataConfig
 from ..errors import AezooError
+from .arrays import split_in_order
 from .base import SPLITS, Dataset, register_dataset
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -69,16 +70,20 @@ def _class_of(files_under: dict[Path, list[Path]]) -> dict[Path, int] | None:
     return {f: classes[parts[0]] for f, parts in first.items()}
 
 
-def _stack(pictures: list[tuple[np.ndarray, bool]], files: list[Path], any_colour: bool) -> torch.Tensor:
-    shapes = {}
+def _check_one_size(pictures: list[tuple[np.ndarray, bool]], files: list[Path]) -> None:
+    first_of_size = {}
     for (a, _), f in zip(pictures, files):
-        shapes.setdefault(a.shape[:2], f)
-    if len(shapes) > 1:
-        (s1, f1), (s2, f2) = list(shapes.items())[:2]
+        first_of_size.setdefault(a.shape[:2], f)
+    if len(first_of_size) > 1:
+        (s1, f1), (s2, f2) = list(first_of_size.items())[:2]
         raise AezooError(f"images differ in size ({f1.name}: {s1[1]}x{s1[0]}, {f2.name}: {s2[1]}x{s2[0]}): "
                          "set data.image_size=S to scale and crop them to S x S")
+
+
+def _stack(pictures: list[tuple[np.ndarray, bool]], colour: bool) -> torch.Tensor:
+    """(N, C, H, W) uint8: grey pictures repeated over three channels when others are in colour."""
     arrays = [a[..., None] if grey else a for a, grey in pictures]  # H x W x 1 or H x W x 3
-    if any_colour:
+    if colour:
         arrays = [np.repeat(a, 3, -1) if a.shape[-1] == 1 else a for a in arrays]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
@@ -99,20 +104,16 @@ def load_images(cfg: DataConfig) -> Dataset:
         classes = _class_of({root / s: files[s] for s in SPLITS})
     else:
         every = image_files(root)
-        order = np.random.default_rng(SPLIT_SEED).permutation(len(every))
-        n_val = n_test = max(1, len(every) // 10)
-        n_train = len(every) - n_val - n_test
-        parts = {"train": order[:n_train], "val": order[n_train : n_train + n_val], "test": order[n_train + n_val :]}
+        shuffled = np.random.default_rng(SPLIT_SEED).permutation(len(every))
+        parts = split_in_order(shuffled, root) if every else {s: [] for s in SPLITS}
         files = {s: [every[i] for i in sorted(idx)] for s, idx in parts.items()}
         classes = _class_of({root: every})
     for s in SPLITS:
         if not files[s]:
             raise AezooError(f"{root}: no images for the {s} split (looked for {', '.join(sorted(EXTENSIONS))})")
     pictures = {s: [_read(f, cfg.image_size) for f in files[s]] for s in SPLITS}
-    any_colour = any(not grey for split in pictures.values() for _, grey in split)
-    every_file = [f for s in SPLITS for f in files[s]]
-    stacked = _stack([p for s in SPLITS for p in pictures[s]], every_file, any_colour)
-    bounds = np.cumsum([0] + [len(files[s]) for s in SPLITS])
-    x = {s: stacked[bounds[i] : bounds[i + 1]] for i, s in enumerate(SPLITS)}
+    _check_one_size([p for s in SPLITS for p in pictures[s]], [f for s in SPLITS for f in files[s]])
+    colour = any(not grey for split in pictures.values() for _, grey in split)
+    x = {s: _stack(pictures[s], colour) for s in SPLITS}
     y = {} if classes is None else {s: torch.tensor([classes[f] for f in files[s]]) for s in SPLITS}
     return Dataset(name="images", x=x, source=where(cfg), scale=255.0, labels=y)
