@@ -34,8 +34,8 @@ machine only ratios taken side by side mean anything.
    two-layer penalty) on one 784-500-100 tanh MLP with squared error against the PyPI package
    `autoencoders` (whose contractive penalty takes one backward pass per code unit).
 
-In every model step aezoo's Adam is the one its engine builds (`aezoo.train.make_optimizer`: LeanAdam,
-torch's CPU arithmetic bit for bit), the peers' torch.optim.Adam; `aezoo_fused_adam` is the same aezoo
+In every model step aezoo's Adam is the one its engine builds (`aezoo.train.make_optimizer`:
+torch.optim.Adam), as the peers'; `aezoo_fused_adam` is the same aezoo
 step with the opt-in train.fused_optimizer=true (torch's fused kernels; the last bits differ).
 6. The VAE model step again at torch's default thread count, to show what oversubscription costs.
 
@@ -137,8 +137,8 @@ def peer_adam(params) -> torch.optim.Optimizer:
 
 
 def aezoo_adam(params, fused: bool = False) -> torch.optim.Optimizer:
-    """Adam 1e-3 as aezoo's engine builds it (`make_optimizer`): LeanAdam, torch's arithmetic bit for bit,
-    or with train.fused_optimizer=true torch's fused kernels (the last bits differ)."""
+    """Adam 1e-3 as aezoo's engine builds it (`make_optimizer`): torch.optim.Adam, or with
+    train.fused_optimizer=true torch's fused kernels (the last bits differ)."""
     return make_optimizer(params, TrainConfig(lr=1e-3, fused_optimizer=fused))
 
 
@@ -363,7 +363,7 @@ def vae_training(steps: int, rounds: int, trained: list) -> dict:
                   "aezoo_fused_adam": step_loop(prototype, aezoo_loss, batches, steps, optimizer=FUSED),
                   "products_alone": products_loop(products, steps, 100)}, rounds)
     out = {"what": "forward to the loss, backward, Adam 1e-3 step; the same 50 pre-made binarised batches of 100; "
-                   "aezoo's Adam as its engine builds it (LeanAdam), pythae's torch.optim.Adam",
+                   "torch.optim.Adam in both (aezoo's as its engine builds it)",
            "aezoo_fused_adam": "the opt-in train.fused_optimizer=true: torch.optim.Adam(fused=True), one "
                                "kernel per parameter instead of ~7; the last bits of the weights differ",
            "steps_per_round": steps, "samples_per_s": {k: rate_summary(v) for k, v in rates.items()},

@@ -13,8 +13,8 @@ microseconds per call and the speed-up:
   `autoencoders` package does instead (each pixel masked independently, not a fixed fraction).
 - `squared_error`: forward and backward of the per-example squared error on 100 x 784: one mse_loss
   kernel against (out - x) ** 2.
-- `adam_step`: one optimiser step on the Burda VAE's parameters (gradients set): aezoo's LeanAdam
-  against torch.optim.Adam, and torch's fused Adam (train.fused_optimizer=true, not bit-identical).
+- `adam_step`: one optimiser step on the Burda VAE's parameters (gradients set): torch.optim.Adam, the
+  engine's default, against its fused kernels (train.fused_optimizer=true, not bit-identical).
 - `iwae_log_weights`: log-weights of 500 test images, k = 100, 5,000 decodes a chunk, Burda VAE: the
   data broadcast over the samples (a view) against k copies of it.
 
@@ -43,7 +43,6 @@ from aezoo.data import Batches
 from aezoo.data.base import mix_seed
 from aezoo.models.ae import reconstruction_error
 from aezoo.models.regularised import fraction_mask
-from aezoo.train import LeanAdam
 
 
 def pair(fns: dict[str, Callable[[], object]], calls: int, rounds: int) -> dict:
@@ -100,7 +99,7 @@ def squared_error(rounds: int) -> dict:
 
 def adam_step(rounds: int) -> dict:
     optimisers = {}
-    for name, make in (("old", lambda p: torch.optim.Adam(p, lr=1e-3)), ("new", lambda p: LeanAdam(p, lr=1e-3)),
+    for name, make in (("old", lambda p: torch.optim.Adam(p, lr=1e-3)),
                        ("fused_not_identical", lambda p: torch.optim.Adam(p, lr=1e-3, fused=True))):
         model = burda_vae()
         for p in model.parameters():

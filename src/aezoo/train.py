@@ -109,65 +109,12 @@ class _LossModule(nn.Module):
         return out.total, out.terms
 
 
-class LeanAdam(torch.optim.Adam):
-    """torch's Adam (Kingma & Ba 2015, algorithm 1), and AdamW with decoupled_weight_decay, computed with
-    the very kernels of torch's default CPU path (`_single_tensor_adam`) in the same order, so the
-    results are bit-identical (tests/test_speed_paths.py) and its state_dict is torch's. What is left
-    out is bookkeeping: the bias corrections once per step count rather than per parameter, and no
-    per-parameter lists; 4-5% of a step of the Burda VAE on one CPU thread. Every other case (GPU,
-    where torch's default is its multi-tensor path, amsgrad, sparse gradients...) is torch's own step."""
-
-    def _lean(self, group: dict) -> bool:
-        flags = ("amsgrad", "maximize", "capturable", "differentiable", "fused", "foreach")
-        scalars = not any(torch.is_tensor(v) for v in (group["lr"], *group["betas"]))
-        return scalars and not any(group.get(f) for f in flags) and all(
-            p.device.type == "cpu" and not p.is_complex() and (p.grad is None or not p.grad.is_sparse)
-            for p in group["params"])
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        if closure is not None or not all(self._lean(g) for g in self.param_groups):
-            return super().step(closure)
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            lr, eps, decay = group["lr"], group["eps"], group["weight_decay"]
-            corrections: dict[float, tuple[float, float]] = {}
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:  # as torch's _init_group
-                    dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
-                    state["step"] = torch.tensor(0.0, dtype=dtype)
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                grad = p.grad
-                if decay and group["decoupled_weight_decay"]:
-                    p.mul_(1 - lr * decay)
-                elif decay:
-                    grad = grad.add(p, alpha=decay)
-                step = state["step"].item()
-                if step not in corrections:
-                    corrections[step] = (lr / (1 - beta1**step), (1 - beta2**step) ** 0.5)
-                step_size, bias_correction2_sqrt = corrections[step]
-                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-                exp_avg.lerp_(grad, 1 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                denom = exp_avg_sq.sqrt().div_(bias_correction2_sqrt).add_(eps)
-                p.addcdiv_(exp_avg, denom, value=-step_size)
-        return None
-
-
 def make_optimizer(params, t: TrainConfig) -> torch.optim.Optimizer:
     fused = True if t.fused_optimizer else None
     if t.optimizer == "sgd":
         return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, fused=fused)
-    if fused:
-        cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-        return cls(params, lr=t.lr, betas=t.betas, eps=t.eps, weight_decay=t.weight_decay, fused=True)
-    return LeanAdam(params, lr=t.lr, betas=t.betas, eps=t.eps, weight_decay=t.weight_decay,
-                    decoupled_weight_decay=t.optimizer == "adamw")
+    cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=t.lr, betas=t.betas, eps=t.eps, weight_decay=t.weight_decay, fused=fused)
 
 
 def lr_factor(step: int, t: TrainConfig, total: int, steps_per_epoch: int) -> float:
