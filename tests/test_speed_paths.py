@@ -113,18 +113,18 @@ def _train(net, opt, steps, seed):
 
 def test_optimizer_choice():
     params = list(_net().parameters())
-    assert type(make_optimizer(params, TrainConfig())) is torch.optim.Adam
+    adam = make_optimizer(params, TrainConfig())
+    assert type(adam) is torch.optim.Adam and adam.param_groups[0]["fused"]  # fused by default
+    assert not make_optimizer(params, TrainConfig(fused_optimizer=False)).param_groups[0]["fused"]
     adamw = make_optimizer(params, TrainConfig(optimizer="adamw", weight_decay=0.01))
     assert type(adamw) is torch.optim.AdamW and adamw.param_groups[0]["decoupled_weight_decay"]
-    fused = make_optimizer(params, TrainConfig(fused_optimizer=True))
-    assert type(fused) is torch.optim.Adam and fused.param_groups[0]["fused"]
-    assert make_optimizer(params, TrainConfig(optimizer="sgd", fused_optimizer=True)).param_groups[0]["fused"]
+    assert make_optimizer(params, TrainConfig(optimizer="sgd")).param_groups[0]["fused"]
 
 
-def test_fused_option_trains_close_to_the_default():
+def test_fused_optimizer_trains_close_to_the_unfused_loop():
     a, b = _net(), _net()
-    _train(a, make_optimizer(a.parameters(), TrainConfig(lr=1e-2)), 20, 1)
-    _train(b, make_optimizer(b.parameters(), TrainConfig(lr=1e-2, fused_optimizer=True)), 20, 1)
+    _train(a, make_optimizer(a.parameters(), TrainConfig(lr=1e-2, fused_optimizer=False)), 20, 1)
+    _train(b, make_optimizer(b.parameters(), TrainConfig(lr=1e-2)), 20, 1)
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
 

@@ -72,8 +72,9 @@ class TrainConfig:
     progress: bool = True
     # Mixed precision: autocast to bf16, or fp16 with a gradient scaler (GPU); fp32 is exact resume's home.
     precision: str = choice("fp32", "bf16", "fp16")
-    # torch's fused optimiser kernels (one pass per parameter): ~1.2x a CPU MLP step, but the last bits differ
-    fused_optimizer: bool = False
+    # torch's fused optimiser: the same update in one kernel per parameter instead of ~7 (2.4x the Adam
+    # step, 1.25x a CPU MLP step); its rounding differs from the unfused loop's in the last bits
+    fused_optimizer: bool = True
 
     def __post_init__(self):
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
