@@ -13,8 +13,9 @@ microseconds per call and the speed-up:
   `autoencoders` package does instead (each pixel masked independently, not a fixed fraction).
 - `squared_error`: forward and backward of the per-example squared error on 100 x 784: one mse_loss
   kernel against (out - x) ** 2.
-- `adam_step`: one optimiser step on the Burda VAE's parameters (gradients set): torch.optim.Adam, the
-  engine's default, against its fused kernels (train.fused_optimizer=true, not bit-identical).
+- `adam_step`: one optimiser step on the Burda VAE's parameters (gradients set): torch.optim.Adam's
+  unfused loop (the peers' optimiser; the engine's with train.fused_optimizer=false) against its fused
+  kernels (the engine's default; not bit-identical).
 - `iwae_log_weights`: log-weights of 500 test images, k = 100, 5,000 decodes a chunk, Burda VAE: the
   data broadcast over the samples (a view) against k copies of it.
 
