@@ -37,6 +37,8 @@ def test_train_eval_sample_report(vae_run):
     assert results["nll_iwae"] <= results["neg_elbo"] + 1.0
     code, _, err = run_cli("sample", str(vae_run), "--n", "16", "--out", str(vae_run / "s.png"))
     assert code == 0 and (vae_run / "s.png").stat().st_size > 0, err
+    code, _, err = run_cli("sample", str(vae_run), "--n", "4", "--temperature", "0.7", "--out", str(vae_run / "t.png"))
+    assert code == 0 and (vae_run / "t.png").stat().st_size > 0, err
     code, _, err = run_cli("report", str(vae_run))
     assert code == 0, err
     html = (vae_run / "report.html").read_text()

@@ -253,6 +253,8 @@ def test_cli_train_eval_sample_report_on_vector_sequences(tmp_path):
     assert len(results["rollout_mse"]) == len(results["rollout_mse_baseline"]) == 4
     assert results["rollout_context"] == 4
     assert run_cli("sample", run, "--n", "3")[0] == 0
+    code, _, err = run_cli("sample", run, "--temperature", "0.5")
+    assert code == 2 and err.count("\n") == 1 and "samples without a temperature" in err
     assert run_cli("report", run)[0] == 0
     assert (tmp_path / "run" / "plots" / "rollouts.png").is_file()
     assert (tmp_path / "run" / "plots" / "rollout_mse.png").is_file()

@@ -143,3 +143,17 @@ def test_iwae_objective_trains_from_the_cli(tmp_path):
     assert code == 0, err
     lines = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
     assert any('"neg_iwae"' in line for line in lines)
+
+
+def test_sampling_temperature_scales_the_prior(monkeypatch):
+    model = aezoo.build("vae", data_shape=(6,), hidden=(8,), latent_dim=3)
+    drawn = []
+    monkeypatch.setattr(model, "decode", lambda z: drawn.append(z) or z)
+    torch.manual_seed(0)
+    cold = model.sample(20_000, temperature=0.5)
+    torch.manual_seed(0)
+    usual = model.sample(20_000)
+    torch.testing.assert_close(cold, 0.5 * usual)  # the same draws, their spread halved: z ~ N(0, T^2 I)
+    assert abs(float(usual.std()) - 1.0) < 0.02
+    with pytest.raises(aezoo.AezooError, match="temperature"):
+        model.sample(2, temperature=0.0)

@@ -37,6 +37,7 @@ from ..distributions import (
     make_likelihood,
     standard_normal_log_prob,
 )
+from ..errors import AezooError
 from ..metrics import evaluator as _disentanglement_evaluator  # noqa: F401  (registers it with `aezoo eval`)
 from ..nn import BackboneConfig, Decoder, Encoder
 from ..registry import register
@@ -129,9 +130,12 @@ class VAE(Model):
         lw = self.log_weights(x, k, max_decodes).float()
         return -(torch.logsumexp(lw, 0) - math.log(k))
 
-    def sample(self, n: int) -> torch.Tensor:
-        """Means of p(x|z) for z ~ N(0, I): (n, *data_shape)."""
-        return self.decode(torch.randn(n, self.config.latent_dim, device=self.device))
+    def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
+        """Means of p(x|z) for z ~ N(0, T^2 I): (n, *data_shape). T < 1 draws from the prior's bulk,
+        trading variety for typical samples (the reduced temperature of Kingma & Dhariwal 2018, Glow)."""
+        if not temperature > 0:
+            raise AezooError(f"sampling temperature must be > 0, got {temperature}")
+        return self.decode(temperature * torch.randn(n, self.config.latent_dim, device=self.device))
 
     def interpolate(self, a: torch.Tensor, b: torch.Tensor, steps: int = 10) -> torch.Tensor:
         """Decodings along the straight line between the posterior means of a and b: (B, steps, ...)."""
