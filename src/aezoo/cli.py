@@ -167,8 +167,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, default=64)
     s.add_argument("--out", help="PNG file (default RUN/samples.png)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--temperature", type=float, help="T < 1: more typical samples; divides the prior's logits by T (vqvae, vqvae2) or scales "
-                        "its std by T (vae, beta_vae); default 1")
+    s.add_argument("--temperature", type=float,
+                   help="T < 1 gives more typical samples: the prior's logits divided by T (vqvae, vqvae2), "
+                        "its std scaled by T (vae, beta_vae); default 1")
     s.set_defaults(fn=_cmd_sample)
 
     rp = sub.add_parser("report", help="write RUN/report.html with the run's plots and numbers")
