@@ -5,6 +5,11 @@ PY     := $(VENV)/bin/python
 # Override with `make TORCH= test` to keep a torch you installed yourself (a CUDA build, say).
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
+# One torch thread unless you say otherwise: these models' kernels are small, and on a CPU that other
+# jobs share, torch's threads wait on each other at every kernel (`make demo` took 39 s with one
+# thread and 7 min 45 s with two while another job held one of this machine's two cores).
+OMP_NUM_THREADS ?= 1
+export OMP_NUM_THREADS
 
 .PHONY: demo test install clean
 
