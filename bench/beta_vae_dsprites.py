@@ -24,7 +24,8 @@ traversals of the first seed's models (beta_vae_dsprites_traversals_<variant>.pn
     $run --seeds 1 --variants beta4 --train &  $run --seeds 1 --variants beta1 --train &  # as time allowed
     $run --seeds 0,1                                      # 8,000 steps: evaluates, writes the JSON
 (beta4 seed 0 was interrupted at step 3,265 and resumed with its total set to 8,000, beta1 seed 0
-trained to 7,000 and resumed to 8,000: the JSON's notes; capacity seed 1 is listed as not_run.)
+trained to 7,000 and resumed to 8,000; capacity seed 1 was trained a session later, with the fused
+optimiser that had become the default: the JSON's notes.)
 """
 
 from __future__ import annotations
