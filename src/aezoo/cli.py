@@ -204,7 +204,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _leave_processes(code: int) -> None:
     """End a process torchrun started, its files written, without the interpreter's teardown: there,
-    about one process in 50-100 of two-process gloo runs aborted ("terminate called without an active
+    about one in 100 two-process gloo runs aborted ("terminate called without an active
     exception", SIGABRT in the main thread after the last Python frame, even with the process group
     destroyed), and torchrun then fails the whole run."""
     dist.destroy_process_group()
