@@ -109,12 +109,8 @@ class _LossModule(nn.Module):
         return out.total, out.terms
 
 
-_FUSED_DEVICES = ("cpu", "cuda", "mps", "xpu")
-
-
 def make_optimizer(params, t: TrainConfig) -> torch.optim.Optimizer:
-    params = list(params)
-    fused = t.fused_optimizer and all(p.device.type in _FUSED_DEVICES for p in params) or None
+    fused = True if t.fused_optimizer else None  # models live on cpu or cuda, both with fused kernels
     if t.optimizer == "sgd":
         return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, fused=fused)
     cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
