@@ -43,7 +43,7 @@ from common import write_result
 
 from aezoo.config import make_run_config, merge, read_config_file
 from aezoo.data.dsprites import DSprites
-from aezoo.evaluate import evaluate
+from aezoo.evaluation import evaluate
 from aezoo.plots import save_image_grid
 from aezoo.registry import entry, load
 from aezoo.train import train

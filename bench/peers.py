@@ -34,7 +34,7 @@ machine only ratios taken side by side mean anything.
    two-layer penalty) on one 784-500-100 tanh MLP with squared error against the PyPI package
    `autoencoders` (whose contractive penalty takes one backward pass per code unit).
 
-In every model step aezoo's Adam is the one its engine builds (`aezoo.train.make_optimizer`:
+In every model step aezoo's Adam is the one its engine builds (`aezoo.optim.make_optimizer`:
 torch.optim.Adam with fused=True, one kernel per parameter); the peers build torch.optim.Adam
 without it (the unfused loop, ~7 kernels per parameter). `aezoo_unfused_adam` is the same aezoo step
 with train.fused_optimizer=false, the peers' optimiser: it isolates what the model code alone gains.
@@ -81,7 +81,9 @@ from aezoo.config import (
 )
 from aezoo.data import Batches, Dataset, load_dataset
 from aezoo.registry import MODELS, entry
-from aezoo.train import RunFolder, Trainer, make_optimizer
+from aezoo.optim import make_optimizer
+from aezoo.runfolder import RunFolder
+from aezoo.train import Trainer
 
 ROOT = Path(__file__).parents[1]
 DEFAULT_THREADS = torch.get_num_threads()
@@ -144,17 +146,17 @@ def aezoo_adam(params, fused: bool = True) -> torch.optim.Optimizer:
 
 
 def step_loop(model: nn.Module, loss_fn: Callable, batches: list[torch.Tensor], steps: int,
-              before_step: Callable[[int], None] = lambda i: None, optimizer: Callable = peer_adam) -> Callable[[], int]:
-    """A training loop of `steps` steps (forward to the loss, backward, Adam 1e-3) over pre-made batches."""
+              optimizer: Callable = peer_adam) -> Callable[[], int]:
+    """A training loop of `steps` steps (forward to the loss, backward, Adam 1e-3) over pre-made batches;
+    `loss_fn(model, x, step)` gets the step for the models with schedules."""
     opt = optimizer(model.parameters())
     done = [0]
 
     def run() -> int:
         model.train()
         for _ in range(steps):
-            before_step(done[0])
             x = batches[done[0] % len(batches)]
-            loss = loss_fn(model, x)
+            loss = loss_fn(model, x, done[0])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -164,19 +166,12 @@ def step_loop(model: nn.Module, loss_fn: Callable, batches: list[torch.Tensor], 
     return run
 
 
-def aezoo_loss(model, x):
-    return model.loss(x).total
+def aezoo_loss(model, x, step=0):
+    return model.loss(x, step).total
 
 
-def pythae_loss(model, x):
+def pythae_loss(model, x, step=0):
     return model({"data": x}).loss
-
-
-def aezoo_step_hook(model) -> Callable[[int], None]:
-    def set_step(i: int) -> None:
-        model.step = i  # what the engine does before each loss (schedules read it)
-
-    return set_step
 
 
 # --- the matrix-product bound ----------------------------------------------------------------------
@@ -563,9 +558,9 @@ def model_race(ours: nn.Module, theirs: nn.Module, their_loss: Callable, batches
     products = layer_products(ours, aezoo_loss, batches[0]) + list(extra_products)
     batch = len(batches[0])
     unfused = copy.deepcopy(ours)
-    rates = race({"aezoo": step_loop(ours, aezoo_loss, batches, steps, aezoo_step_hook(ours), aezoo_adam),
+    rates = race({"aezoo": step_loop(ours, aezoo_loss, batches, steps, aezoo_adam),
                   "peer": step_loop(theirs, their_loss, batches, steps),
-                  "aezoo_unfused_adam": step_loop(unfused, aezoo_loss, batches, steps, aezoo_step_hook(unfused),
+                  "aezoo_unfused_adam": step_loop(unfused, aezoo_loss, batches, steps,
                                                   UNFUSED),
                   "products_alone": products_loop(products, steps, batch)}, rounds)
     return {"what": what, "batch": batch, "steps_per_round": steps,
@@ -609,7 +604,7 @@ def vqvae(steps: int, rounds: int) -> dict:
                      f"same nets; MNIST 28x28, batch 100, Adam 1e-3, pre-made batches")
 
 
-def autoencoders_loss(model, x):
+def autoencoders_loss(model, x, step=0):
     return model(x.flatten(1)).loss
 
 

@@ -41,10 +41,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import write_result  # noqa: E402
 
 import aezoo  # noqa: E402
-from aezoo import losses, probes  # noqa: E402
+from aezoo import losses
+from aezoo.evaluation import features as probes  # noqa: E402
 from aezoo.config import DataConfig, make_run_config  # noqa: E402
 from aezoo.data import Batches, load_dataset  # noqa: E402
-from aezoo.evaluate import evaluate, load_run  # noqa: E402
+from aezoo.evaluation import evaluate  # noqa: E402
+from aezoo.runfolder import load_run  # noqa: E402
 from aezoo.plots import save_image_grid  # noqa: E402
 from aezoo.registry import entry  # noqa: E402
 from aezoo.train import train  # noqa: E402

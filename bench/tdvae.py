@@ -29,7 +29,9 @@ from common import write_result
 
 from aezoo.config import make_run_config
 from aezoo.data import Batches
-from aezoo.evaluate import EVAL_SEED, evaluate, load_run
+from aezoo.data import EVAL_SEED
+from aezoo.evaluation import evaluate
+from aezoo.runfolder import load_run
 from aezoo.models.tdvae import TDVAEConfig
 from aezoo.report import write_report
 from aezoo.train import train

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import write_result  # noqa: E402
 
 from aezoo.config import make_run_config, merge, parse_overrides, read_config_file  # noqa: E402
-from aezoo.evaluate import load_run  # noqa: E402
+from aezoo.runfolder import load_run  # noqa: E402
 from aezoo.registry import entry  # noqa: E402
 from aezoo.train import resume, train  # noqa: E402
 

@@ -42,8 +42,8 @@ from common import write_result
 
 import aezoo
 from aezoo.config import make_run_config
-from aezoo.evaluate import evaluate
-from aezoo.prior import train_prior
+from aezoo.evaluation import evaluate
+from aezoo.train_prior import train_prior
 from aezoo.registry import entry
 from aezoo.report import write_report
 from aezoo.train import train

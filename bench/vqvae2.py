@@ -35,9 +35,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import write_result
 
 from aezoo.config import make_run_config
-from aezoo.evaluate import evaluate, load_run
+from aezoo.evaluation import evaluate
+from aezoo.runfolder import load_run
 from aezoo.plots import save_image_grid
-from aezoo.prior import train_prior
+from aezoo.train_prior import train_prior
 from aezoo.registry import entry
 from aezoo.train import train
 

@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from aezoo.io import load_weights
+from aezoo.files import load_weights
 
 ARGS = ["train", "ae", "--steps", "12", "--set", "data.limit=600", "--set", "train.batch_size=50",
         "--set", "model.hidden=[32]", "--set", "model.latent_dim=4", "--set", "train.log_every=4",

@@ -16,9 +16,10 @@ from hypothesis import strategies as st
 from aezoo.config import make_run_config, parse_overrides
 from aezoo.data.mnist import read_idx
 from aezoo.errors import AezooError
-from aezoo.io import load_state, load_weights
+from aezoo.files import load_state, load_weights
 from aezoo.models.vae import VAEConfig
-from aezoo.train import RunFolder, train
+from aezoo.runfolder import RunFolder
+from aezoo.train import train
 from conftest import run_cli
 
 TINY = ["--set", "data.limit=600", "--set", "train.batch_size=50", "--set", "model.hidden=[32]",
@@ -77,7 +78,7 @@ def test_a_second_process_on_the_same_run_is_refused(tmp_path):
 
 
 def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    import aezoo.io
+    import aezoo.files
 
     real_fdopen = os.fdopen
     calls = {"n": 0}
@@ -105,7 +106,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         return HalfWriter(f) if calls["n"] > 3 else f  # config.json and the first checkpoint succeed
 
     cfg = make_run_config("vae", VAEConfig, parse_overrides([s for s in TINY if s != "--set"] + ["train.steps=20", "train.checkpoint_every=10"]))
-    monkeypatch.setattr(aezoo.io.os, "fdopen", failing_fdopen)
+    monkeypatch.setattr(aezoo.files.os, "fdopen", failing_fdopen)
     with pytest.raises(AezooError, match="No space left on device; the previous file is kept"):
         train(cfg, tmp_path / "r")
     monkeypatch.undo()

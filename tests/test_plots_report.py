@@ -9,17 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from aezoo.plots import (
-    image_grid,
-    loss_terms,
-    read_metrics,
-    save_bar_plot,
-    save_histogram,
-    save_image_grid,
-    save_line_plot,
-    save_loss_curves,
-)
+from aezoo.plots import image_grid, save_bar_plot, save_histogram, save_image_grid, save_line_plot, save_loss_curves
 from aezoo.report import write_report
+from aezoo.runfolder import curves, loss_terms, read_metrics
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -113,15 +105,25 @@ def test_read_metrics_and_terms(tmp_path):
     assert read_metrics(tmp_path / "absent.jsonl") == []
 
 
+def _loss_curves(metrics: Path, out: Path) -> Path:
+    records = read_metrics(metrics)
+    return save_loss_curves(curves(records, loss_terms(records)), out)
+
+
 def test_loss_curves_png(tmp_path):
     _write_metrics(tmp_path / "metrics.jsonl")
-    out = save_loss_curves(tmp_path / "metrics.jsonl", tmp_path / "plots" / "loss_curves.png")
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    by_term = curves(records, loss_terms(records))
+    assert list(by_term) == ["loss", "recon", "kl"] and list(by_term["loss"]) == ["train", "val"]
+    steps = [s for s, _ in by_term["loss"]["train"]]
+    assert steps == sorted(steps) and len(steps) == 10
+    out = _loss_curves(tmp_path / "metrics.jsonl", tmp_path / "plots" / "loss_curves.png")
     img = mpimg.imread(out)
     assert img.ndim == 3 and img.shape[1] > img.shape[0] > 100  # three panels side by side
     assert _leftovers(out.parent) == []
     # an empty log still gives a picture
     (tmp_path / "empty.jsonl").write_text("\n")
-    assert mpimg.imread(save_loss_curves(tmp_path / "empty.jsonl", tmp_path / "empty.png")).ndim == 3
+    assert mpimg.imread(_loss_curves(tmp_path / "empty.jsonl", tmp_path / "empty.png")).ndim == 3
     assert plt.get_fignums() == []
 
 
@@ -151,7 +153,7 @@ def _run_folder(tmp_path: Path) -> Path:
     (run / "eval.json").write_text(json.dumps(results))
     _write_metrics(run / "metrics.jsonl")
     save_image_grid(torch.rand(4, 1, 8, 8), run / "plots" / "a.png")
-    save_loss_curves(run / "metrics.jsonl", run / "plots" / "loss_curves.png")
+    _loss_curves(run / "metrics.jsonl", run / "plots" / "loss_curves.png")
     return run
 
 

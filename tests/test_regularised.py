@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import aezoo
-from aezoo import losses, probes
+from aezoo import losses
+from aezoo.evaluation import features as probes
 from aezoo.errors import AezooError
 from aezoo.models.ae import reconstruction_error
 from aezoo.models.regularised import fraction_mask, gaussian_noise, iid_mask_noise, mask_noise, salt_pepper_noise
@@ -150,17 +151,16 @@ def test_ksparse_schedule_and_feature_encoding():
     m = aezoo.build("ksparse_ae", data_shape=SHAPE, latent_dim=50, k=5, k_start=45, k_schedule_steps=100, alpha=2)
     ks = []
     for step in (0, 50, 100, 10**6):
-        m.step = step
-        ks.append(m.current_k())
+        ks.append(m.current_k(step))
     assert ks == [45, 25, 5, 5]
-    m.step = 0
     x = torch.rand(7, *SHAPE)
-    assert ((m.sparsify(m.code(x)) != 0).sum(1) == 45).all()
+    assert ((m.sparsify(m.code(x), 0) != 0).sum(1) == 45).all()
+    assert m.current_k(None) == 5  # no step: the trained model's k
     m.eval()  # evaluation: the target k, whatever the step
-    assert m.current_k() == 5
+    assert m.current_k(0) == 5
     assert ((m.encode(x) != 0).sum(1) == 10).all()  # alpha * k units for features
     dense = aezoo.build("ksparse_ae", data_shape=SHAPE, latent_dim=30, k=3, k_start=0, k_schedule_steps=10)
-    assert dense.current_k() == 30
+    assert dense.current_k(0) == 30
     with pytest.raises(AezooError, match="larger than"):
         aezoo.build("ksparse_ae", latent_dim=10, k=11)
 
@@ -241,10 +241,9 @@ def test_stacked_dae_pretrains_one_layer_at_a_time_then_fine_tunes():
     assert [(e.in_features, e.out_features, d.in_features, d.out_features) for e, _, d in stack] == \
         [(36, 12, 12, 36), (12, 10, 10, 12), (10, 8, 8, 10)]
     for step, layer in [(0, 0), (2, 0), (3, 1), (8, 2), (9, None), (10**6, None)]:
-        m.step = step
-        assert m.pretraining_layer() == layer
+        assert m.pretraining_layer(step) == layer
         m.zero_grad()
-        out = m.loss(x)
+        out = m.loss(x, step)
         out.total.backward()
         touched = {n for n, p in m.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
         if layer is None:
@@ -255,9 +254,8 @@ def test_stacked_dae_pretrains_one_layer_at_a_time_then_fine_tunes():
             own = {n for n, p in m.named_parameters() if any(p is q for q in (*enc.parameters(), *dec.parameters()))}
             assert touched == own and out.terms["pretrain_layer"] == layer + 1
     # the second layer's loss is the cross-entropy of reconstructing the first layer's (clean) sigmoid output
-    m.step = 3
     torch.manual_seed(5)
-    got = m.loss(x).terms["recon"]
+    got = m.loss(x, 3).terms["recon"]
     torch.manual_seed(5)
     h1 = torch.sigmoid(stack[0][0](x.flatten(1)))
     logits = stack[1][2](torch.sigmoid(stack[1][0](m.corrupt(h1))))

@@ -13,7 +13,7 @@ from aezoo.distributions import LIKELIHOODS, standard_normal_log_prob
 from aezoo.models.ae import reconstruction_error
 from aezoo.models.regularised import fraction_mask
 from aezoo.registry import build
-from aezoo.train import make_optimizer
+from aezoo.optim import make_optimizer
 
 # --- the data path ---------------------------------------------------------------------------------
 
@@ -33,7 +33,7 @@ def old_prepare(raw, scale, binarize, seed, rank=0, world=1):
 @pytest.mark.parametrize("world", [1, 2])
 def test_batches_equal_fancy_indexing_and_the_bool_draw(binarize, world):
     g = torch.Generator().manual_seed(0)
-    ds = Dataset("fake", {"train": torch.randint(0, 256, (60, 1, 5, 5), dtype=torch.uint8, generator=g)}, "test", scale=255.0)
+    ds = Dataset("fake", {"train": torch.randint(0, 256, (60, 1, 5, 5), dtype=torch.uint8, generator=g)}, scale=255.0)
     for rank in range(world):
         b = Batches(ds, "train", 8, binarize, seed=3, rank=rank, world=world)
         for step in range(10):

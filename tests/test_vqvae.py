@@ -140,11 +140,11 @@ def test_prior_log_prob_sampling_and_class_condition():
     assert torch.allclose(prior.log_prob(codes), torch.logsumexp(joint, 0) - math.log(3), atol=1e-5)
     loss = prior.loss(pack_codes(codes, labels).float())
     assert torch.allclose(loss.total, -prior.log_prob(codes, labels).mean())
-    samples = prior.sample(4, labels)
+    samples = prior.sample(4, labels=labels)
     assert samples[0].shape == (4, 5, 6) and samples[0].max() < 6
     # sampling position by position agrees with the one-pass (teacher-forced) logits: at a near-zero
     # temperature every drawn code is the argmax of the logits computed on the finished map
-    greedy = prior.sample(4, labels, temperature=1e-6)
+    greedy = prior.sample(4, 1e-6, labels)
     assert torch.equal(prior.level_logits(0, greedy, labels).argmax(1), greedy[0])
     with pytest.raises(Exception, match="temperature"):
         prior.sample(2, temperature=0)
@@ -220,7 +220,7 @@ def test_vqvae_on_cifar_then_conditional_prior_sample_and_bits_per_dim(tmp_path)
 
     import aezoo
     from aezoo.data import Batches, load_dataset
-    from aezoo.evaluate import EVAL_SEED
+    from aezoo.data import EVAL_SEED
     from aezoo.registry import load_run_config
 
     write_fake_cifar(tmp_path / "cifar")
@@ -237,8 +237,8 @@ def test_vqvae_on_cifar_then_conditional_prior_sample_and_bits_per_dim(tmp_path)
                            "--set", "train.progress=false")
     assert code == 0, err
     prior_cfg = json.loads((run / "prior" / "config.json").read_text())
-    assert prior_cfg["model_name"] == "pixelcnn" and prior_cfg["model"]["code_shapes"] == [8, 8]
-    assert prior_cfg["model"]["codebook_sizes"] == [16] and prior_cfg["model"]["source"] == "vqvae"
+    assert prior_cfg["model_name"] == "pixelcnn" and prior_cfg["prior"]["code_shapes"] == [8, 8]
+    assert prior_cfg["prior"]["codebook_sizes"] == [16] and prior_cfg["prior"]["source"] == "vqvae"
     code, _, err = run_cli("train-prior", str(run), "--steps", "3")
     assert code == 2 and "already holds a prior" in err
     code, _, err = run_cli("eval", str(run))
@@ -286,7 +286,7 @@ def test_ema_statistics_are_summed_over_processes(tmp_path):
     import subprocess
     import sys
 
-    from aezoo.io import load_weights
+    from aezoo.files import load_weights
 
     args = ["train", "vqvae", "--steps", "4", "--set", "data.limit=200", "--set", "train.batch_size=20",
             "--set", "model.hidden=8", "--set", "model.residual_hidden=4", "--set", "model.codebook_size=16",

@@ -188,7 +188,7 @@ def test_cli_trains_both_priors_samples_and_evaluates(tmp_path):
     assert code == 0, err
     prior_cfg = json.loads((run / "prior" / "config.json").read_text())
     assert prior_cfg["model_name"] == "pixelsnail"
-    assert prior_cfg["model"]["code_shapes"] == [4, 4, 8, 8] and prior_cfg["model"]["source"] == "vqvae2"
+    assert prior_cfg["prior"]["code_shapes"] == [4, 4, 8, 8] and prior_cfg["prior"]["source"] == "vqvae2"
     code, _, err = run_cli("sample", str(run), "--n", "4", "--temperature", "0.7", "--out", str(tmp_path / "s.png"))
     assert code == 0 and (tmp_path / "s.png").stat().st_size > 0, err
     code, _, err = run_cli("eval", str(run))

@@ -1,4 +1,4 @@
-"""The `aezoo` command (also `python -m aezoo`). See SPEC.md for the contract.
+"""The `aezoo` command (also `python -m aezoo`): the command-line contract of the README.
 
 Mistakes a user can make end in one line on stderr and exit status 2; nothing is half-written.
 """
@@ -6,7 +6,6 @@ Mistakes a user can make end in one line on stderr and exit status 2; nothing is
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from . import registry
-from .config import make_run_config, merge, parse_overrides, read_config_file
+from .config import merge, parse_overrides, read_config_file
 from .errors import AezooError
 
 
@@ -49,8 +48,7 @@ def _cmd_train(args) -> None:
     if args.epochs is not None and args.steps is None:
         cli["train"]["steps"] = 0
     tree = merge(merge(tree, cli), parse_overrides(args.set))
-    cfg = make_run_config(args.model, entry.config_class, tree)
-    run = train(cfg, args.out)
+    run = train(entry.run_config(tree), args.out)
     _say(f"trained {args.model}: {run.path}")
 
 
@@ -61,7 +59,7 @@ def _say(line: str) -> None:
 
 
 def _cmd_train_prior(args) -> None:
-    from .prior import train_prior
+    from .train_prior import train_prior
 
     run = train_prior(args.run, args.prior, args.set, steps=args.steps, epochs=args.epochs)
     _say(f"trained prior: {run.path}")
@@ -75,7 +73,7 @@ def _cmd_resume(args) -> None:
 
 
 def _cmd_eval(args) -> None:
-    from .evaluate import evaluate
+    from .evaluation import evaluate
 
     results = evaluate(args.run, args.split)
     width = max(map(len, results))
@@ -91,18 +89,16 @@ def _cmd_eval(args) -> None:
 def _cmd_sample(args) -> None:
     import torch
 
-    from .evaluate import load_run
+    from .models.capabilities import Generative
     from .plots import save_image_grid
+    from .runfolder import load_run
 
     model, _, cfg, run = load_run(args.run)
-    if not hasattr(model, "sample"):
+    if not isinstance(model, Generative):
         raise AezooError(f"{cfg.model_name} has no generative prior to sample from")
-    options = {} if args.temperature is None else {"temperature": args.temperature}
-    if options and "temperature" not in inspect.signature(model.sample).parameters:
-        raise AezooError(f"{cfg.model_name} samples without a temperature")
     torch.manual_seed(args.seed)
     with torch.no_grad():
-        images = model.sample(args.n, **options)
+        images = model.sample(args.n, 1.0 if args.temperature is None else args.temperature)
     out = Path(args.out) if args.out else run.path / "samples.png"
     save_image_grid(images.clamp(0, 1).cpu(), out)
     print(f"wrote {out}")
@@ -140,7 +136,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--epochs", type=int)
     g.add_argument("--steps", type=int)
     t.add_argument("--seed", type=int)
-    t.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    t.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     t.set_defaults(fn=_cmd_train)
 
     tp = sub.add_parser("train-prior", help="stage 2 of vqvae/vqvae2: a prior over the run's code maps, in RUN/prior")
@@ -169,7 +165,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--temperature", type=float,
                    help="T < 1 gives more typical samples: the prior's logits divided by T (vqvae, vqvae2), "
-                        "its std scaled by T (vae, beta_vae); default 1")
+                        "the latent noise scaled by T (vae, beta_vae, tdvae); default 1")
     s.set_defaults(fn=_cmd_sample)
 
     rp = sub.add_parser("report", help="write RUN/report.html with the run's plots and numbers")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import tomllib
 import types
 import typing
@@ -35,6 +36,9 @@ class ModelConfig:
     """Base of every model's config. `data_shape` is filled from the dataset when a run is made."""
 
     data_shape: tuple[int, ...] = (1, 28, 28)
+
+    def validate(self) -> None:
+        """Raises AezooError for values that are invalid together (called once data_shape is known too)."""
 
 
 @dataclass
@@ -65,7 +69,7 @@ class TrainConfig:
     warmup_steps: int = number(0, 0)
     grad_clip: float = number(0.0, 0.0)  # max global gradient norm (0: off)
     seed: int = 0
-    device: str = choice("auto", "cpu", "cuda")
+    device: str = "auto"  # auto (CUDA when there is one), cpu, cuda, or cuda:N for one GPU
     log_every: int = number(50, 1)  # steps between train lines in metrics.jsonl
     checkpoint_every: int = number(1000, 1)  # steps between checkpoints (one is also written at the end)
     val_every: int = number(0, 0)  # steps between validation passes (0: once an epoch)
@@ -79,6 +83,8 @@ class TrainConfig:
     def __post_init__(self):
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise AezooError(f"train.betas must be two numbers in [0, 1), got {self.betas}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise AezooError(f"train.device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
 
 
 @dataclass
@@ -214,17 +220,29 @@ def to_dict(cfg) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
-SECTIONS = ("model", "data", "train", "eval")
+# The model's own section is `model`, or `prior` for the priors of stage 2 (`aezoo train-prior`).
+MODEL_SECTIONS = ("model", "prior")
+SECTIONS = (*MODEL_SECTIONS, "data", "train", "eval")
 
 
-def make_run_config(model_name: str, model_cls, tree: dict) -> RunConfig:
-    """A RunConfig from a nested dict {"model": {...}, "data": {...}, ...}; missing keys take defaults."""
-    extra = set(tree) - set(SECTIONS) - {"model_name"}
+def make_run_config(model_name: str, model_cls, tree: dict, section: str = "model") -> RunConfig:
+    """A RunConfig from a nested dict {section: {...}, "data": {...}, ...}, `section` the name of the
+    model's own section; missing keys take defaults."""
+    names = (section, "data", "train", "eval")
+    extra = set(tree) - set(names) - {"model_name"}
     if extra:
-        raise unknown_name("config section", sorted(extra)[0], SECTIONS)
-    section_cls = {"model": model_cls, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
-    parts = {s: from_dict(section_cls[s], tree.get(s, {}) or {}, prefix=s + ".") for s in SECTIONS}
+        raise unknown_name("config section", sorted(extra)[0], names)
+    parts = {"model": from_dict(model_cls, tree.get(section, {}) or {}, prefix=section + ".")}
+    for name, cls in (("data", DataConfig), ("train", TrainConfig), ("eval", EvalConfig)):
+        parts[name] = from_dict(cls, tree.get(name, {}) or {}, prefix=name + ".")
     return RunConfig(model_name=model_name, **parts)
+
+
+def run_tree(cfg: RunConfig, section: str = "model") -> dict:
+    """The nested dict of a RunConfig as config.json holds it, the model's keys under `section`."""
+    tree = to_dict(cfg)
+    tree[section] = tree.pop("model")
+    return tree
 
 
 def parse_overrides(pairs: list[str]) -> dict:

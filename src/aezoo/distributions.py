@@ -31,13 +31,12 @@ class DiagonalGaussian:
     def std(self) -> torch.Tensor:
         return torch.exp(0.5 * self.logvar)
 
-    def rsample(self, n: int | None = None) -> torch.Tensor:
-        """Reparameterised sample mean + std * eps (Kingma & Welling 2014, eq. 10); (n, ..., D) if n."""
+    def rsample(self, n: int | None = None, temperature: float = 1.0) -> torch.Tensor:
+        """Reparameterised sample mean + std * eps (Kingma & Welling 2014, eq. 10); (n, ..., D) if n.
+        `temperature` scales the noise (sampling from the bulk of q for T < 1)."""
         shape = self.mean.shape if n is None else (n, *self.mean.shape)
-        return self.mean + self.std * torch.randn(shape, device=self.mean.device, dtype=self.mean.dtype)
-
-    def mode(self) -> torch.Tensor:
-        return self.mean
+        eps = torch.randn(shape, device=self.mean.device, dtype=self.mean.dtype)
+        return self.mean + self.std * (eps if temperature == 1.0 else temperature * eps)
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """log N(z; mean, var) summed over the last dimension; z broadcasts against mean."""
@@ -85,8 +84,6 @@ class Bernoulli:
     def mean(self, out: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(out)
 
-    def sample(self, out: torch.Tensor) -> torch.Tensor:
-        return torch.bernoulli(torch.sigmoid(out))
 
 
 class Gaussian:
@@ -104,8 +101,6 @@ class Gaussian:
     def mean(self, out: torch.Tensor) -> torch.Tensor:
         return out
 
-    def sample(self, out: torch.Tensor) -> torch.Tensor:
-        return out + self.sigma * torch.randn_like(out)
 
 
 class LearnedGaussian:
@@ -128,9 +123,6 @@ class LearnedGaussian:
     def mean(self, out: torch.Tensor) -> torch.Tensor:
         return self._split(out)[0]
 
-    def sample(self, out: torch.Tensor) -> torch.Tensor:
-        mu, logvar = self._split(out)
-        return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
 
 
 class DiscretizedLogistic:
@@ -166,10 +158,6 @@ class DiscretizedLogistic:
     def mean(self, out: torch.Tensor) -> torch.Tensor:
         return self._split(out)[0].clamp(0, 1)
 
-    def sample(self, out: torch.Tensor) -> torch.Tensor:
-        mu, log_s = self._split(out)
-        u = torch.rand_like(mu).clamp(1e-5, 1 - 1e-5)
-        return (mu + torch.exp(log_s) * (torch.log(u) - torch.log1p(-u))).clamp(0, 1).mul(255).round().div(255)
 
 
 LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_learned", "logistic")

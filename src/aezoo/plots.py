@@ -2,59 +2,18 @@
 
 Figures are made with the object-oriented `matplotlib.figure.Figure` and drawn by the Agg canvas, never
 through pyplot, so nothing needs a screen, no global backend is switched and no figure is left open.
-matplotlib is imported on first use. Every PNG is written atomically (`io.atomic_write_bytes`).
+matplotlib is imported on first use. Every PNG is written atomically (`files.atomic_write_bytes`).
 """
 
 from __future__ import annotations
 
 import io
-import json
 import math
-import re
 from pathlib import Path
 
 import numpy as np
 
-from .io import atomic_write_bytes
-
-# Keys of a metrics.jsonl line that are bookkeeping, not loss terms.
-BOOKKEEPING = frozenset({"step", "split", "epoch", "lr", "samples_per_s", "time_s"})
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def read_metrics(path: str | Path) -> list[dict]:
-    """The records of a metrics.jsonl that have a numeric "step" and a string "split".
-
-    Blank lines, lines cut short (a crash mid-write) and lines that are not JSON objects are skipped.
-    """
-    records = []
-    try:
-        text = Path(path).read_text(errors="replace")
-    except FileNotFoundError:
-        return records
-    for line in text.splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict) and _is_number(rec.get("step")) and isinstance(rec.get("split"), str):
-            records.append(rec)
-    return records
-
-
-def loss_terms(records: list[dict]) -> list[str]:
-    """The numeric non-bookkeeping keys of `records`, "loss" first, then in order of appearance.
-    Per-unit diagnostics (`kl_0`, `kl_1`, ...) are left to their own plot."""
-    terms = {}
-    for rec in records:
-        for k, v in rec.items():
-            if k not in BOOKKEEPING and _is_number(v) and not re.fullmatch(r"kl_\d+", k):
-                terms[k] = None
-    return sorted(terms, key=lambda k: k != "loss")  # stable: keeps first-seen order otherwise
-
+from .files import atomic_write_bytes
 
 # --- image grids ---------------------------------------------------------------------------------
 def image_grid(images, nrow: int | None = None, padding: int = 2, pad_value: float = 1.0) -> np.ndarray:
@@ -119,22 +78,18 @@ def _save_figure(fig, path: str | Path) -> Path:
     return Path(path)
 
 
-def save_loss_curves(metrics_path: str | Path, path: str | Path) -> Path:
-    """One subplot per loss term of a metrics.jsonl ("loss" first), a line per split against step."""
-    records = read_metrics(metrics_path)
-    terms = loss_terms(records)
-    if not terms:
+def save_loss_curves(curves: dict[str, dict[str, list[tuple[float, float]]]], path: str | Path) -> Path:
+    """One subplot per term of `curves` ({term: {split: [(step, value), ...]}}, in order), a line per split."""
+    if not curves:
         fig = _figure(5, 2)
         fig.text(0.5, 0.5, "no losses logged yet", ha="center", va="center")
         return _save_figure(fig, path)
-    splits = sorted({r["split"] for r in records}, key=lambda s: ({"train": 0, "val": 1}.get(s, 2), s))
-    cols = min(3, len(terms))
-    rows = math.ceil(len(terms) / cols)
+    cols = min(3, len(curves))
+    rows = math.ceil(len(curves) / cols)
     fig = _figure(4.5 * cols, 3.2 * rows)
-    for i, term in enumerate(terms):
+    for i, (term, by_split) in enumerate(curves.items()):
         ax = fig.add_subplot(rows, cols, i + 1)
-        for split in splits:
-            pts = sorted((r["step"], r[term]) for r in records if r["split"] == split and _is_number(r.get(term)))
+        for split, pts in by_split.items():
             if pts:
                 steps, values = zip(*pts)
                 ax.plot(steps, values, label=split, marker="o" if len(pts) < 30 else None, markersize=3)

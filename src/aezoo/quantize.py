@@ -126,6 +126,13 @@ class VectorQuantizer(nn.Module):
         return Quantized(z_q, codes.view(z.shape[:-1]), codebook_loss, commitment_loss,
                          codebook_loss + self.cfg.beta * commitment_loss, counts)
 
+    @torch.no_grad()
+    def assign(self, z_e: torch.Tensor) -> torch.Tensor:
+        """The nearest code's index at each position of z_e (B, D, *S): (B, *S) int64; nothing is updated."""
+        with torch.autocast(z_e.device.type, enabled=False):
+            z = z_e.float().movedim(1, -1)
+            return nearest_code(z.reshape(-1, z.shape[-1]), self.codebook).view(z.shape[:-1])
+
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """The code vectors of indices (B, *S): (B, D, *S) float32."""
         return F.embedding(codes, self.codebook).movedim(-1, 1)

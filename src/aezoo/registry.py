@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import from_dict, make_run_config
+from .config import RunConfig, from_dict, make_run_config
 from .errors import AezooError, unknown_name
-from .io import read_json
+from .files import read_json
 
 
 @dataclass(frozen=True)
@@ -21,10 +21,19 @@ class Entry:
     summary: str
     default_data: str
     tiny: dict  # a small config (model section) for fast tests and smoke runs
+    prior: bool = False  # a stage-2 prior: its config section is `prior`, not `model`
 
     @property
     def config_class(self):
         return self.model_class.config_class
+
+    @property
+    def section(self) -> str:
+        return "prior" if self.prior else "model"
+
+    def run_config(self, tree: dict) -> RunConfig:
+        """A validated RunConfig for this model from a config tree (its own keys under `section`)."""
+        return make_run_config(self.name, self.config_class, tree, self.section)
 
 
 MODELS: dict[str, Entry] = {}
@@ -37,8 +46,9 @@ def register(name: str, summary: str, default_data: str = "mnist", tiny: dict | 
     """Class decorator: `@register("vae", "variational autoencoder", tiny={"hidden": (16,)})`."""
 
     def wrap(cls):
-        cls.name = name
-        (PRIORS if prior else MODELS)[name] = Entry(name, cls, summary, default_data, tiny or {})
+        e = Entry(name, cls, summary, default_data, tiny or {}, prior)
+        cls.name, cls.config_section = name, e.section
+        (PRIORS if prior else MODELS)[name] = e
         return cls
 
     return wrap
@@ -55,8 +65,7 @@ def entry(name: str) -> Entry:
 def build(name: str, **config):
     """A fresh model: `aezoo.build("vae", latent_dim=10, data_shape=(1, 28, 28))`."""
     e = entry(name)
-    cfg = from_dict(e.config_class, config, prefix="model.")
-    return e.model_class(cfg)
+    return e.model_class(from_dict(e.config_class, config, prefix=e.section + "."))
 
 
 def build_from_config(name: str, model_cfg):
@@ -68,19 +77,22 @@ def load(path: str | Path, device: str = "cpu"):
     path = Path(path)
     if not path.is_dir():
         raise AezooError(f"{path}: not a run or model folder")
-    tree = read_json(path / "config.json")
-    name = tree.get("model_name")
-    if not isinstance(name, str):
-        raise AezooError(f"{path / 'config.json'}: no model_name")
-    model = build(name, **(tree.get("model") or {}))
+    name, tree = _read_config(path)
+    model = build(name, **(tree.get(entry(name).section) or {}))
     model.load_weights_from(path / "model.safetensors")
     return model.to(device).eval()
 
 
-def load_run_config(path: str | Path):
+def load_run_config(path: str | Path) -> RunConfig:
     """The whole RunConfig of a run folder, validated like a user's config."""
-    tree = read_json(Path(path) / "config.json")
+    name, tree = _read_config(Path(path))
+    return entry(name).run_config(tree)
+
+
+def _read_config(folder: Path) -> tuple[str, dict]:
+    """(model name, config tree) of folder/config.json."""
+    tree = read_json(folder / "config.json")
     name = tree.get("model_name")
     if not isinstance(name, str):
-        raise AezooError(f"{Path(path) / 'config.json'}: no model_name")
-    return make_run_config(name, entry(name).config_class, tree)
+        raise AezooError(f"{folder / 'config.json'}: no model_name")
+    return name, tree

@@ -14,8 +14,8 @@ from html import escape
 from pathlib import Path
 
 from .errors import AezooError
-from .io import atomic_write_bytes
-from .plots import loss_terms, read_metrics
+from .files import atomic_write_bytes, is_number
+from .runfolder import SPLIT_ORDER, loss_terms, read_metrics
 
 _CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -29,10 +29,6 @@ table table { margin: 0; } table table td, table table th { border-color: #eee; 
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 svg.spark { vertical-align: middle; margin-left: 0.5em; }
 """
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _fmt(v) -> str:
@@ -63,9 +59,9 @@ def _sparkline(values: list[float], width: int = 160, height: int = 24) -> str:
 
 
 def _list_html(values: list) -> str:
-    # aezoo.io writes non-finite floats as the strings "nan", "inf", "-inf"
+    # aezoo.files writes non-finite floats as the strings "nan", "inf", "-inf"
     values = [float(v) if isinstance(v, str) and v in ("nan", "inf", "-inf") else v for v in values]
-    if values and all(_is_number(v) for v in values):
+    if values and all(is_number(v) for v in values):
         if len(values) <= 8:
             return "[" + ", ".join(_fmt(v) for v in values) + "]"
         finite = [v for v in values if math.isfinite(v)]
@@ -91,7 +87,7 @@ def _table(d: dict) -> str:
     if not d:
         return "<span class='muted'>(empty)</span>"
     rows = "".join(
-        f"<tr><th>{escape(str(k))}</th><td{' class=num' if _is_number(v) else ''}>{_value_html(v)}</td></tr>"
+        f"<tr><th>{escape(str(k))}</th><td{' class=num' if is_number(v) else ''}>{_value_html(v)}</td></tr>"
         for k, v in d.items()
     )
     return f"<table>{rows}</table>"
@@ -115,11 +111,11 @@ def _losses_html(metrics: Path) -> str:
     last = {}
     for rec in records:  # the last line of each split, which is its latest step
         last[rec["split"]] = rec
-    splits = sorted(last, key=lambda s: ({"train": 0, "val": 1}.get(s, 2), s))
+    splits = sorted(last, key=lambda s: (SPLIT_ORDER.get(s, 2), s))
     head = "".join(f"<th>{escape(s)} <small>(step {_fmt(last[s]['step'])})</small></th>" for s in splits)
     rows = "".join(
         f"<tr><th>{escape(t)}</th>"
-        + "".join(f"<td class=num>{_fmt(last[s].get(t)) if _is_number(last[s].get(t)) else '&mdash;'}</td>"
+        + "".join(f"<td class=num>{_fmt(last[s].get(t)) if is_number(last[s].get(t)) else '&mdash;'}</td>"
                   for s in splits)
         + "</tr>"
         for t in terms

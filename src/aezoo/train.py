@@ -1,6 +1,6 @@
-"""One training engine for every model: it calls `model.loss(x)` and knows nothing else about it.
+"""One training engine for every model: it calls `model.loss(x, step)` and knows nothing else about it.
 
-The run folder is the contract (see `RunFolder`). A checkpoint is one self-consistent file,
+The run folder is the contract (`runfolder`). A checkpoint is one self-consistent file,
 `resume.pt` (weights, optimiser, schedule, step, random generators, the partial log interval), written
 atomically; `model.safetensors` is the same weights for users. Every random choice in the data is a
 function of (seed, epoch) or (seed, step) and the global generators are saved, so on CPU a run
@@ -13,14 +13,9 @@ DistributedDataParallel (gloo on CPU, NCCL on GPU); process 0 alone writes the r
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
-import math
-import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,72 +24,13 @@ from torch import nn
 from tqdm import tqdm
 
 from . import registry
-from .config import RunConfig, TrainConfig, to_dict
+from .config import RunConfig, run_tree
 from .data import Batches, Dataset, load_dataset
+from .distributed import Processes, init_processes, pick_device
 from .errors import AezooError
-from .io import load_state, save_state, save_weights, write_json
-
-
-@dataclass
-class RunFolder:
-    path: Path
-
-    config = property(lambda self: self.path / "config.json")
-    weights = property(lambda self: self.path / "model.safetensors")
-    state = property(lambda self: self.path / "resume.pt")
-    metrics = property(lambda self: self.path / "metrics.jsonl")
-    eval = property(lambda self: self.path / "eval.json")
-    plots = property(lambda self: self.path / "plots")
-    lock_file = property(lambda self: self.path / ".lock")
-
-    def lock(self):
-        """An exclusive lock held while this process trains here; a second trainer is refused."""
-        handle = open(self.lock_file, "w")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            raise AezooError(f"{self.path} is in use by another aezoo process") from None
-        for stale in self.path.glob(".*.tmp"):  # left by a process killed while writing
-            stale.unlink()
-        return handle
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise AezooError("--device cuda: no CUDA device is available (try --device cpu)")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        torch.cuda.set_device(local)
-        return torch.device("cuda", local)
-    return torch.device(name)
-
-
-@dataclass(frozen=True)
-class Processes:
-    """This process's place among those torchrun started (rank 0 of 1 when run alone)."""
-
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-
-def init_processes(device: torch.device) -> Processes:
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if world == 1:
-        return Processes()
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Processes(dist.get_rank(), dist.get_world_size())
+from .files import load_state, save_state, save_weights, write_json
+from .optim import make_optimizer, make_schedule
+from .runfolder import RunFolder, append_metrics, truncate_metrics
 
 
 class _LossModule(nn.Module):
@@ -104,33 +40,9 @@ class _LossModule(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x):
-        out = self.model.loss(x)
+    def forward(self, x, step):
+        out = self.model.loss(x, step)
         return out.total, out.terms
-
-
-def make_optimizer(params, t: TrainConfig) -> torch.optim.Optimizer:
-    fused = True if t.fused_optimizer else None  # models live on cpu or cuda, both with fused kernels
-    if t.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, fused=fused)
-    cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=t.lr, betas=t.betas, eps=t.eps, weight_decay=t.weight_decay, fused=fused)
-
-
-def lr_factor(step: int, t: TrainConfig, total: int, steps_per_epoch: int) -> float:
-    """Linear warm-up over `warmup_steps`, then constant, cosine or linear decay to 0 at `total`,
-    or Burda et al.'s stages (stage i: 3^i epochs at 10^(-i/7))."""
-    if step < t.warmup_steps:
-        return (step + 1) / t.warmup_steps
-    if t.schedule == "constant":
-        return 1.0
-    if t.schedule == "burda2015":
-        epoch, stage, end = step // steps_per_epoch, 0, 1
-        while epoch >= end:
-            stage, end = stage + 1, end + 3 ** (stage + 1)
-        return 10 ** (-stage / 7)
-    progress = (step - t.warmup_steps) / max(1, total - t.warmup_steps)
-    return 0.5 * (1 + math.cos(math.pi * progress)) if t.schedule == "cosine" else 1.0 - progress
 
 
 class NonFinite(AezooError):
@@ -148,7 +60,7 @@ class Trainer:
         self.val = Batches(dataset, "val", cfg.eval.batch_size, cfg.data.binarize, seed=t.seed + 1, shuffle=False) if "val" in dataset.x and cfg.data.train_split == "train" else None
         self.total_steps = t.steps or t.epochs * len(self.batches)
         self.optimizer = make_optimizer(self.model.parameters(), t)
-        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, t, self.total_steps, len(self.batches)))
+        self.schedule = make_schedule(self.optimizer, t, self.total_steps, len(self.batches))
         self.scaler = torch.amp.GradScaler(device.type) if t.precision == "fp16" else None
         self.skipped_in_a_row = 0
         self.step = 0
@@ -207,30 +119,20 @@ class Trainer:
             self.log_sums, self.log_count = dict(state["log_sums"]), int(state["log_count"])
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise AezooError(f"{self.run.state}: resume state does not match this run ({str(e).splitlines()[0]})") from None
-        # Lines logged after the checkpoint will be written again.
-        if self.procs.main and self.run.metrics.exists():
-            kept = []
-            for line in self.run.metrics.read_text().splitlines():
-                try:
-                    if json.loads(line)["step"] <= self.step:
-                        kept.append(line)
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    break  # a line cut short by the crash
-            self.run.metrics.write_text("".join(k + "\n" for k in kept))
+        if self.procs.main:  # lines logged after the checkpoint will be written again
+            truncate_metrics(self.run.metrics, self.step)
 
     # --- the loop -------------------------------------------------------------------------------
     def log(self, record: dict) -> None:
-        if not self.procs.main:
-            return
-        with open(self.run.metrics, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if self.procs.main:
+            append_metrics(self.run.metrics, record)
 
     @torch.no_grad()
     def validate(self) -> dict:
         self.model.eval()
         sums, n = {}, 0
         for x in self.val:
-            out = self.model.loss(x)
+            out = self.model.loss(x, self.step)
             for k, v in {"loss": out.total, **out.terms}.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * len(x)
             n += len(x)
@@ -250,9 +152,9 @@ class Trainer:
             return module
         dtype = torch.bfloat16 if precision == "bf16" else torch.float16
 
-        def autocast_forward(x):
+        def autocast_forward(x, step):
             with torch.autocast(self.device.type, dtype=dtype):
-                return module(x)
+                return module(x, step)
 
         return autocast_forward
 
@@ -327,8 +229,7 @@ class Trainer:
         tick_step = self.step
         try:
             while self.step < self.total_steps:
-                model.step = self.step
-                total, terms = forward(self.batches.get(self.step))
+                total, terms = forward(self.batches.get(self.step), self.step)
                 if not self._all_finite(total):
                     name = next((k for k, v in terms.items() if not torch.isfinite(v)), "total")
                     raise self._stopped(f"loss term '{name}' is {float(terms.get(name, total).detach())}")
@@ -364,9 +265,7 @@ def _prepare(cfg: RunConfig) -> tuple[Dataset, torch.device, Processes]:
     procs = init_processes(device)
     dataset = load_dataset(cfg.data)
     cfg.model.data_shape = dataset.shape
-    check = getattr(cfg.model, "validate", None)
-    if check is not None:
-        check()
+    cfg.model.validate()  # the rules that need the data's shape
     return dataset.to(device), device, procs
 
 
@@ -387,7 +286,7 @@ def train(cfg: RunConfig, out: str | Path) -> RunFolder:
     trainer.procs.barrier()  # every process has checked the folder before the first one writes to it
     with _main_process_owns(run, trainer.procs):
         if trainer.procs.main:
-            write_json(run.config, to_dict(cfg))
+            write_json(run.config, run_tree(cfg, registry.entry(cfg.model_name).section))
         trainer.fit()
     return run
 

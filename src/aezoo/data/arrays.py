@@ -132,5 +132,5 @@ def load_arrays(cfg: DataConfig) -> Dataset:
         splits = {k: v[:, None] for k, v in splits.items()}
     pixels = next(iter(splits.values())).dtype == np.uint8
     x = {k: torch.from_numpy(np.ascontiguousarray(v if pixels else v.astype(np.float32))) for k, v in splits.items()}
-    return Dataset(name="arrays", x=x, source=where(cfg), scale=255.0 if pixels else 1.0,
+    return Dataset(name="arrays", x=x, scale=255.0 if pixels else 1.0,
                    kind="vector" if ndim == 2 else "image")

@@ -18,6 +18,8 @@ from ..config import DataConfig
 from ..errors import AezooError, unknown_name
 
 SPLITS = ("train", "val", "test")
+# The seed of every measurement's data: the binarisation of evaluated batches, so numbers repeat.
+EVAL_SEED = 12345
 
 
 @dataclass
@@ -30,11 +32,9 @@ class Dataset:
 
     name: str
     x: dict[str, torch.Tensor]
-    source: str
     scale: float = 1.0
     labels: dict[str, torch.Tensor] = field(default_factory=dict)
     factors: dict[str, torch.Tensor] = field(default_factory=dict)
-    factor_names: tuple[str, ...] = ()
     kind: str = "image"  # image | sequence | vector
 
     @property

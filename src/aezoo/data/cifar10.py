@@ -99,6 +99,5 @@ def load_cifar10(cfg: DataConfig) -> Dataset:
         name="cifar10",
         x={k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in x.items()},
         labels={k: torch.from_numpy(v) for k, v in y.items()},
-        source=str(folder),
         scale=255.0,
     )

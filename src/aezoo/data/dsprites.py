@@ -18,8 +18,8 @@ The ellipse is symmetric under a half turn and the square under a quarter turn, 
 original, some orientations of those shapes give identical images.
 
 Splits: `test` and `val` are two disjoint fixed random sets of 1,000 grid images each; `train` is the
-other 735,280. Beside the images, `factors[split]` holds their factor indices (N, 5) and
-`factor_names` their names. The disentanglement metrics sample from the whole grid through
+other 735,280. Beside the images, `factors[split]` holds their factor indices (N, 5), named by
+`DSprites.names`. The disentanglement metrics sample from the whole grid through
 `DSprites` (see `FactorGrid.sample`, `sample_fixed`, `sample_pairs`).
 """
 
@@ -240,7 +240,5 @@ def load_dsprites(cfg: DataConfig) -> Dataset:
         name="dsprites",
         x={k: RenderedImages(grid, v) for k, v in index.items()},
         factors={k: grid.to_factors(v) for k, v in index.items()},
-        factor_names=grid.names,
-        source=where(cfg),
         scale=1.0,
     )

@@ -116,4 +116,4 @@ def load_images(cfg: DataConfig) -> Dataset:
     colour = any(not grey for split in pictures.values() for _, grey in split)
     x = {s: _stack(pictures[s], colour) for s in SPLITS}
     y = {} if classes is None else {s: torch.tensor([classes[f] for f in files[s]]) for s in SPLITS}
-    return Dataset(name="images", x=x, source=where(cfg), scale=255.0, labels=y)
+    return Dataset(name="images", x=x, scale=255.0, labels=y)

@@ -143,6 +143,5 @@ def load_mnist(cfg: DataConfig) -> Dataset:
         name="mnist",
         x={k: torch.from_numpy(v.copy()).unsqueeze(1) for k, v in x.items()},
         labels={k: torch.from_numpy(v.astype(np.int64)) for k, v in y.items()},
-        source=where(cfg),
         scale=255.0,
     )

@@ -65,8 +65,8 @@ def load_moving_mnist(cfg: DataConfig) -> Dataset:
         x[split] = moving_frames(images[:n], d)
         labels[split] = mnist.labels[split][:n]
         directions[split] = ((d + 1) // 2).unsqueeze(1)
-    return Dataset(name="moving_mnist", x=x, source=moving_mnist_where(cfg), scale=mnist.scale, labels=labels,
-                   factors=directions, factor_names=("direction",), kind="sequence")
+    return Dataset(name="moving_mnist", x=x, scale=mnist.scale, labels=labels,
+                   factors=directions, kind="sequence")
 
 
 # --- noisy harmonic oscillator ----------------------------------------------------------------------
@@ -95,7 +95,7 @@ OSCILLATOR_SIZES = {"train": 10_000, "val": 1_000, "test": 1_000}
                   lambda cfg: "generated")
 def load_oscillator(cfg: DataConfig) -> Dataset:
     x = {s: oscillator(n, _generator(s)) for s, n in OSCILLATOR_SIZES.items()}
-    return Dataset(name="oscillator", x=x, source="generated", kind="sequence")
+    return Dataset(name="oscillator", x=x, kind="sequence")
 
 
 # --- the user's own sequences -----------------------------------------------------------------------
@@ -117,4 +117,4 @@ def load_sequences(cfg: DataConfig) -> Dataset:
     if not cfg.file:
         raise AezooError("dataset sequences reads an N x T x D .npy, .npz or .parquet file: set data.file=PATH")
     path = Path(cfg.file).expanduser()
-    return Dataset(name="sequences", x=read_sequences(path), source=sequences_where(cfg), kind="sequence")
+    return Dataset(name="sequences", x=read_sequences(path), kind="sequence")

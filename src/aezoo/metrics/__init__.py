@@ -6,8 +6,8 @@
     aezoo.metrics.dci(codes, factors)              # Eastwood & Williams 2018: a dict of three
     aezoo.metrics.sap(codes, factors)              # Kumar et al. 2018
 
-Definitions and choices are in `scores`; `aezoo eval` of a run on dsprites reports them all (the
-evaluator is in `evaluator`, imported by the model files).
+Definitions and choices are in `scores`; `aezoo eval` of a run on dsprites reports them all
+(`aezoo.evaluation.disentanglement`).
 """
 
 from .scores import (

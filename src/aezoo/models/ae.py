@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig, choice, number
-from ..nn import ACTIVATIONS, BackboneConfig, Decoder, Encoder
+from ..networks import ACTIVATIONS, BackboneConfig, Decoder, Encoder
 from ..registry import register
 from .base import Loss, Model
 
@@ -78,15 +78,16 @@ class AE(Model):
         return torch.sigmoid(out) if self.config.recon_loss == "bce" else out
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.sparsify(self.code(x)))
+        return self.decode(self.sparsify(self.code(x), step=None))
 
     # --- hooks for the regularised autoencoders (models/regularised.py) ----------------------------
     def corrupt(self, x: torch.Tensor) -> torch.Tensor:
         """The encoder's input in the loss, x itself here."""
         return x
 
-    def sparsify(self, z: torch.Tensor) -> torch.Tensor:
-        """The code the decoder reconstructs from, z itself here."""
+    def sparsify(self, z: torch.Tensor, step: int | None) -> torch.Tensor:
+        """The code the decoder reconstructs from at training step `step` (None: a trained model's),
+        z itself here."""
         return z
 
     def penalty(self, x: torch.Tensor, layers: list[torch.Tensor]) -> Loss | None:
@@ -94,10 +95,11 @@ class AE(Model):
         named (unweighted) terms, or None."""
         return None
 
-    def loss(self, x: torch.Tensor) -> Loss:
+    def loss(self, x: torch.Tensor, step: int = 0) -> Loss:
         x_in = self.corrupt(x)
         layers = self.layers(x_in)
-        recon = reconstruction_error(self.decoder(self.sparsify(layers[-1])), x, self.config.recon_loss).mean()
+        code = self.sparsify(layers[-1], step)
+        recon = reconstruction_error(self.decoder(code), x, self.config.recon_loss).mean()
         reg = self.penalty(x_in, layers)
         if reg is None:
             return Loss(recon, {"recon": recon})

@@ -1,13 +1,20 @@
-"""The interface every model fills, and what all models share (saving, loading, a step counter).
+"""The interface every model fills, and what all models share (saving, loading).
 
-A model is an `nn.Module` built from its config alone. Its `loss(x)` returns a `Loss`: the scalar to
-minimise and its named terms (batch means of per-example sums). The training engine knows nothing
-else about it. `encode` gives the representation a user would embed (the posterior mean for VAEs),
-`decode` maps codes back to data space.
+A model is an `nn.Module` built from its config alone (`Trainable`). `loss(x, step)` returns a `Loss`: the scalar to
+minimise and its named terms (batch means of per-example sums). `step` is the training step, the one
+input of every schedule a model has (k-sparse's k, the capacity C of Burgess et al., layer-wise
+pretraining), so a loss is a pure function of its arguments and a resumed run follows the same
+schedule. The training engine knows nothing else about a model. `encode` gives the representation a
+user would embed (the posterior mean for VAEs), `decode` maps codes back to data space.
+
+What a model can do beyond that (generate, bound the likelihood, denoise, quantise, model sequences)
+it declares by inheriting the types of `models.capabilities`; the command line and the evaluation
+choose by those types.
 """
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +24,7 @@ from torch import nn
 
 from ..config import ModelConfig, to_dict
 from ..errors import AezooError
-from ..io import load_weights, save_weights, write_json
+from ..files import load_weights, read_json, save_weights, write_json
 
 
 @dataclass
@@ -28,46 +35,34 @@ class Loss:
     terms: dict[str, torch.Tensor]
 
 
-class Model(nn.Module):
-    """Base class. Subclasses set `config_class` and implement `loss`, `encode`, `decode`."""
+class Trainable(nn.Module, metaclass=abc.ABCMeta):
+    """What the engine trains: built from its config alone, `loss(x, step)`, saved and loaded with its
+    config. The autoencoders are `Model`s; a prior over code maps (stage 2) is only trainable."""
 
     config_class: type[ModelConfig] = ModelConfig
     name: str = ""  # set by the registry
+    config_section: str = "model"  # the config's section for this model's keys, set by the registry
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+
+    # --- what each model provides ---------------------------------------------------------------
+    @abc.abstractmethod
+    def loss(self, x: torch.Tensor, step: int = 0) -> Loss:
+        """The training objective on batch x (B, *data_shape) at training step `step`."""
+
+    def visuals(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named image batches (N, C, H, W) in [0, 1] for the report, from a batch of test data."""
+        return {}
+
+    def on_train_start(self, x: torch.Tensor) -> None:
+        """Called once with the first training batch of a fresh run (data-dependent initialisation)."""
 
     @property
     def skips_parameters(self) -> bool:
         """True when some steps leave parameters without a gradient (DDP must then look for them)."""
         return False
-
-    def __init__(self, config: ModelConfig):
-        super().__init__()
-        self.config = config
-        # The training step, set by the engine before each loss, for models with schedules
-        # (k-sparse's k, beta-VAE's capacity). A plain attribute: resume sets it again.
-        self.step = 0
-
-    # --- what each model provides ---------------------------------------------------------------
-    def loss(self, x: torch.Tensor) -> Loss:
-        raise NotImplementedError
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))
-
-    def visuals(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Named image batches (N, C, H, W) in [0, 1] for the report, from a batch of test data."""
-        if x.dim() != 4:
-            return {}
-        x = x[:32]
-        return {"reconstructions": interleave_rows(x, self.reconstruct(x).clamp(0, 1))}
-
-    def on_train_start(self, x: torch.Tensor) -> None:
-        """Called once with the first training batch of a fresh run (data-dependent initialisation)."""
 
     # --- shared ---------------------------------------------------------------------------------
     @property
@@ -75,12 +70,23 @@ class Model(nn.Module):
         return next(self.parameters()).device
 
     def save(self, path: str | Path) -> None:
-        """Writes `config.json` and `model.safetensors` into the folder `path`."""
+        """Writes `config.json` and `model.safetensors` into the folder `path`. A run folder's
+        config.json (the whole run) is kept when it describes this very model; any other is replaced
+        by this model's, so the folder always loads as what was saved."""
         path = Path(path)
-        save_weights(path / "model.safetensors", self.state_dict())
         config_path = path / "config.json"
-        if not config_path.exists():  # a run folder's config.json (the whole run) is kept as it is
-            write_json(config_path, {"model_name": self.name, "model": to_dict(self.config)})
+        mine = {"model_name": self.name, self.config_section: to_dict(self.config)}
+        if config_path.is_file():
+            try:
+                old = read_json(config_path)
+            except AezooError:
+                old = {}
+            section = self.config_section
+            if old.get("model_name") == self.name and old.get(section) == mine[section]:
+                mine = None
+        save_weights(path / "model.safetensors", self.state_dict())
+        if mine is not None:
+            write_json(config_path, mine)
 
     def load_weights_from(self, path: str | Path) -> None:
         state = load_weights(path)
@@ -95,9 +101,35 @@ class Model(nn.Module):
         return f"{self.name}: {fields}" if self.name else fields
 
 
+class Model(Trainable):
+    """An autoencoder: subclasses set `config_class` and implement `loss`, `encode`, `decode`."""
+
+    @abc.abstractmethod
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The representation of x to embed, (B, ...)."""
+
+    @abc.abstractmethod
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Data-space means (B, *data_shape) of codes z as `encode` gives them."""
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+    def visuals(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if x.dim() != 4:
+            return {}
+        x = x[:32]
+        return {"reconstructions": interleave_rows(x, self.reconstruct(x).clamp(0, 1))}
+
+
 def interleave_rows(*batches: torch.Tensor, per_row: int = 8) -> torch.Tensor:
     """Images of each batch in alternating rows of `per_row` (originals above their reconstructions)."""
     per_row = min(per_row, len(batches[0]))
     n = len(batches[0]) // per_row * per_row
     rows = [b[:n].reshape(-1, per_row, *b.shape[1:]) for b in batches]
     return torch.stack(rows, 1).reshape(-1, *batches[0].shape[1:])
+
+
+def check_temperature(temperature: float) -> None:
+    if not temperature > 0:
+        raise AezooError(f"sampling temperature must be > 0, got {temperature}")

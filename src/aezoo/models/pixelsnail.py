@@ -186,7 +186,6 @@ class PixelSNAIL(nn.Module):
 @dataclass
 class PixelSNAILConfig(CodePriorConfig):
     channels: int = number(64, 1)  # feature channels (Razavi et al.: 256 on ImageNet)
-    kernel: int = number(3, 3)  # odd: width of the first layer's window; residual windows are (k//2+1)^2
     blocks: int = number(2, 1)  # each: `residual` gated residual blocks, then one attention block
     residual: int = number(2, 1)
     heads: int = number(4, 1)
@@ -197,8 +196,6 @@ class PixelSNAILConfig(CodePriorConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.kernel % 2 == 0:
-            raise AezooError(f"prior.kernel must be odd, got {self.kernel}")
         if self.key_channels % self.heads or self.value_channels % self.heads:
             raise AezooError(f"prior.key_channels ({self.key_channels}) and prior.value_channels "
                              f"({self.value_channels}) must be multiples of prior.heads ({self.heads})")

@@ -14,7 +14,7 @@ in which position i sees only positions before i. `pixelcnn` fills it with a gat
 belongs here as another subclass.
 
 Priors are trained by the one engine on rows of `pack_codes`: [label, codes of level 1 in raster
-order, codes of level 2, ...] (see `aezoo.prior`). A prior's config records the code shapes and
+order, codes of level 2, ...] (see `aezoo.train_prior`). A prior's config records the code shapes and
 codebook sizes it was trained on and the model they came from, and it refuses any others.
 """
 
@@ -30,7 +30,7 @@ from torch import nn
 from ..config import ModelConfig, number
 from ..errors import AezooError
 from ..registry import register
-from .base import Loss, Model
+from .base import Loss, Trainable, check_temperature
 
 
 @dataclass
@@ -44,6 +44,7 @@ class CodePriorConfig(ModelConfig):
     cond_dim: int = number(32, 1)  # embedding size of the class and of earlier levels' codes
     source: str = ""  # the model whose codes these are
     source_weights: str = ""  # sha256 of the weights that made the codes (a prior of other weights is refused)
+    kernel: int = number(3, 3)  # odd: the width of the causal convolutions' windows
 
     def levels(self) -> list[tuple[int, int, int]]:
         """(K, H, W) of each level."""
@@ -59,6 +60,8 @@ class CodePriorConfig(ModelConfig):
         if tuple(self.data_shape) != (row,):
             raise AezooError(f"prior: rows of packed codes have {row} entries for code_shapes {self.code_shapes}, "
                              f"the data has shape {tuple(self.data_shape)}")
+        if self.kernel % 2 == 0:
+            raise AezooError(f"prior.kernel must be odd, got {self.kernel}")
 
 
 def pack_codes(codes: list[torch.Tensor], labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -68,7 +71,7 @@ def pack_codes(codes: list[torch.Tensor], labels: torch.Tensor | None = None) ->
     return torch.cat([first, *(c.reshape(b, -1).long() for c in codes)], 1)
 
 
-class CodePrior(Model):
+class CodePrior(Trainable):
     """p(c | y) over one or several levels of code maps (module docstring). Subclasses fill `make_net`."""
 
     config_class = CodePriorConfig
@@ -147,7 +150,7 @@ class CodePrior(Model):
                              for y in range(n)])
         return torch.logsumexp(joint, 0) - math.log(n)
 
-    def loss(self, x: torch.Tensor) -> Loss:
+    def loss(self, x: torch.Tensor, step: int = 0) -> Loss:
         codes, labels = self.unpack(x)
         per_level = -self.log_prob_levels(codes, labels if self.class_embed is not None else None)
         nll = per_level.sum(1).mean()
@@ -157,15 +160,14 @@ class CodePrior(Model):
         return Loss(nll, terms)
 
     @torch.no_grad()
-    def sample(self, n: int, labels: torch.Tensor | None = None, temperature: float = 1.0,
+    def sample(self, n: int, temperature: float = 1.0, labels: torch.Tensor | None = None,
                given: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
         """Code maps drawn ancestrally, level by level and position by position: list of (n, H, W).
 
         The logits are divided by `temperature` (< 1: sharper, towards the most likely codes). `given`
         fixes the first levels (e.g. VQ-VAE-2's top codes of an image) and only the rest are drawn.
         A class-conditional prior without labels draws the classes in turn (0, 1, ..., 0, 1, ...)."""
-        if not temperature > 0:
-            raise AezooError(f"sampling temperature must be > 0, got {temperature}")
+        check_temperature(temperature)
         device = self.device
         codes = [c.to(device) for c in (given or [])]
         if codes:
@@ -250,17 +252,11 @@ class GatedPixelCNN(nn.Module):
 class PixelCNNConfig(CodePriorConfig):
     channels: int = number(32, 1)
     layers: int = number(8, 1)
-    kernel: int = number(3, 3)  # odd: the vertical stack's width
     head: int = number(256, 1)  # hidden channels of the 1x1 output head
-
-    def validate(self) -> None:
-        super().validate()
-        if self.kernel % 2 == 0:
-            raise AezooError(f"prior.kernel must be odd, got {self.kernel}")
 
 
 @register("pixelcnn", "gated PixelCNN prior over code maps (van den Oord 2016), optionally class-conditional",
-          default_data="vq_codes", tiny={"channels": 8, "layers": 2, "head": 16, "codebook_sizes": (8,),
+          default_data="codes", tiny={"channels": 8, "layers": 2, "head": 16, "codebook_sizes": (8,),
                                          "code_shapes": (4, 4), "data_shape": (17,)}, prior=True)
 class PixelCNNPrior(CodePrior):
     config_class = PixelCNNConfig

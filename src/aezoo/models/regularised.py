@@ -27,7 +27,7 @@ Autoencoder"): the plain AE of `ae.py` with one of its hooks filled.
 
 Defaults follow the papers' MNIST models: one layer of 1000 sigmoid units (linear for k-sparse, k = 25,
 alpha = 3), cross-entropy reconstruction (squared error for k-sparse). Every model has the feature
-probes of `aezoo.probes` in `aezoo eval`, and its first-layer filters in the report.
+probes of `aezoo.evaluation.features` in `aezoo eval`, and its first-layer filters in the report.
 """
 
 from __future__ import annotations
@@ -39,15 +39,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import losses, probes  # noqa: F401  (probes registers the feature evaluators)
+from .. import losses
 from ..config import choice, number
 from ..errors import AezooError
-from ..evaluate import EvalContext, evaluator
-from ..nn import ACTIVATIONS
-from ..plots import save_histogram
+from ..networks import ACTIVATIONS
 from ..registry import register
 from .ae import AE, AEConfig, reconstruction_error
 from .base import Loss, interleave_rows
+from .capabilities import Denoising
 
 # --- corruption M_D(x~ | x) (Vincent et al. 2010, sec. 4.2) -----------------------------------------
 
@@ -147,7 +146,7 @@ class DAEConfig(RegularisedConfig):
 
 @register("dae", "denoising autoencoder: mask / gaussian / salt-and-pepper corruption, optional greedy layer-wise pretraining",
           tiny={"hidden": (16,), "latent_dim": 8, "pretrain_steps": 5})
-class DAE(RegularisedAE):
+class DAE(RegularisedAE, Denoising):
     config_class = DAEConfig
 
     def corrupt(self, x: torch.Tensor) -> torch.Tensor:
@@ -172,16 +171,16 @@ class DAE(RegularisedAE):
     def skips_parameters(self) -> bool:
         return self.config.pretrain_steps > 0  # layer-wise pretraining trains one layer at a time
 
-    def pretraining_layer(self) -> int | None:
-        """The layer (0 = bottom) pretrained at `self.step`, or None once the whole stack is fine-tuned."""
+    def pretraining_layer(self, step: int) -> int | None:
+        """The layer (0 = bottom) pretrained at `step`, or None once the whole stack is fine-tuned."""
         c = self.config
-        layer = self.step // c.pretrain_steps if c.pretrain_steps else None
+        layer = step // c.pretrain_steps if c.pretrain_steps else None
         return layer if layer is not None and layer < len(c.hidden) + 1 else None
 
-    def loss(self, x: torch.Tensor) -> Loss:
-        layer = self.pretraining_layer()
+    def loss(self, x: torch.Tensor, step: int = 0) -> Loss:
+        layer = self.pretraining_layer(step)
         if layer is None:
-            out = super().loss(x)
+            out = super().loss(x, step)
             if self.config.pretrain_steps:
                 out.terms["pretrain_layer"] = torch.zeros((), device=x.device)
             return out
@@ -254,24 +253,6 @@ class SparseAE(RegularisedAE):
         return Loss(c.beta * kl, {"sparsity": kl, "mean_activation": active})
 
 
-@evaluator(lambda model, ds: isinstance(model, SparseAE) and ds.kind in ("image", "vector"))
-@torch.no_grad()
-def activation_histograms(ctx: EvalContext) -> dict:
-    """plots/activations.png (every activation of the penalised layers) and plots/unit_means.png (each
-    unit's mean activation rho_hat_j, which the penalty pulls to rho), over the evaluated split;
-    mean_activation in eval.json."""
-    model = ctx.model
-    acts = []
-    for x in ctx.progress(ctx.batches(), "activations"):
-        layers = model.layers(x)
-        acts.append(torch.cat([layers[i] for i in model.config.penalised_layers], 1).cpu())
-    acts = torch.cat(acts)
-    rho = model.config.rho
-    save_histogram(acts, ctx.run.plots / "activations.png", f"activations of the penalised units (rho = {rho:g})", "activation")
-    save_histogram(acts.mean(0), ctx.run.plots / "unit_means.png", f"mean activation per unit (rho = {rho:g})", "rho_hat_j")
-    return {"mean_activation": float(acts.mean())}
-
-
 # --- k-sparse ------------------------------------------------------------------------------------
 
 
@@ -294,16 +275,17 @@ class KSparseAEConfig(RegularisedConfig):
 class KSparseAE(RegularisedAE):
     config_class = KSparseAEConfig
 
-    def current_k(self) -> int:
-        """k at `self.step` in training, from k_start (capped by latent_dim) down to k; k in evaluation."""
+    def current_k(self, step: int | None) -> int:
+        """k at training step `step`, from k_start (capped by latent_dim) down to k; k in evaluation
+        (or with no step)."""
         c = self.config
-        if not self.training or not c.k_schedule_steps:
+        if step is None or not self.training or not c.k_schedule_steps:
             return c.k
         start = max(c.k, min(c.k_start or c.latent_dim, c.latent_dim))
-        return round(start + (c.k - start) * min(1.0, self.step / c.k_schedule_steps))
+        return round(start + (c.k - start) * min(1.0, step / c.k_schedule_steps))
 
-    def sparsify(self, z: torch.Tensor) -> torch.Tensor:
-        return losses.keep_topk(z, self.current_k())
+    def sparsify(self, z: torch.Tensor, step: int | None) -> torch.Tensor:
+        return losses.keep_topk(z, self.current_k(step))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Features: the code with its alpha * k largest units kept (B, latent_dim)."""

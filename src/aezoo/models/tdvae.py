@@ -48,10 +48,10 @@ from torch import nn
 from ..config import ModelConfig, choice, number
 from ..distributions import DiagonalGaussian, make_likelihood
 from ..errors import AezooError
-from ..evaluate import EvalContext, evaluator
-from ..nn import BackboneConfig, Decoder, Encoder
+from ..networks import BackboneConfig, Decoder, Encoder
 from ..registry import register
-from .base import Loss, Model
+from .base import Loss, Model, check_temperature
+from .capabilities import Generative, SequenceModel
 
 
 @dataclass
@@ -111,8 +111,9 @@ class StateDistribution(nn.Module):
         self.latent_dim = latent_dim
         self.blocks = nn.ModuleList(GatedGaussian(n_cond + i * latent_dim, hidden, latent_dim) for i in range(layers))
 
-    def _walk(self, c: torch.Tensor, z: torch.Tensor | None = None, mode: bool = False):
-        """(z, the layers' Gaussians): z's own layers where z is given, otherwise samples (or means)."""
+    def _walk(self, c: torch.Tensor, z: torch.Tensor | None = None, mode: bool = False, temperature: float = 1.0):
+        """(z, the layers' Gaussians): z's own layers where z is given, otherwise samples (or means);
+        `temperature` scales the samples' noise."""
         parts, gaussians = [], []
         for i, block in enumerate(self.blocks):
             g = block(torch.cat([c, *parts], dim=-1))
@@ -120,16 +121,16 @@ class StateDistribution(nn.Module):
             if z is not None:
                 parts.append(z[..., i * self.latent_dim : (i + 1) * self.latent_dim])
             else:
-                parts.append(g.mean if mode else g.rsample())
+                parts.append(g.mean if mode else g.rsample(temperature=temperature))
         return torch.cat(parts, dim=-1), gaussians
 
     def _log_prob(self, gaussians, z: torch.Tensor) -> torch.Tensor:
         d = self.latent_dim
         return sum(g.log_prob(z[..., i * d : (i + 1) * d]) for i, g in enumerate(gaussians))
 
-    def rsample(self, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def rsample(self, c: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """A reparameterised sample z (..., layers * latent) and its log-density (...)."""
-        z, gaussians = self._walk(c)
+        z, gaussians = self._walk(c, temperature=temperature)
         return z, self._log_prob(gaussians, z)
 
     def log_prob(self, c: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -151,7 +152,7 @@ def sample_pairs(batch: int, pairs: int, length: int, max_jump: int, device=None
 @register("tdvae", "temporal difference VAE: belief LSTM, jumpy state transitions, rollouts",
           default_data="moving_mnist",
           tiny={"hidden": (32,), "channels": (4, 8), "latent_dim": 4, "belief_dim": 16, "block_hidden": 16})
-class TDVAE(Model):
+class TDVAE(Model, Generative, SequenceModel):
     config_class = TDVAEConfig
 
     def __init__(self, config: TDVAEConfig):
@@ -187,16 +188,16 @@ class TDVAE(Model):
             return z
         return torch.cat([z, F.one_hot(jump - 1, self.config.max_jump).to(z.dtype)], dim=-1)
 
-    def transition(self, z: torch.Tensor, jump: int) -> torch.Tensor:
+    def transition(self, z: torch.Tensor, jump: int, temperature: float = 1.0) -> torch.Tensor:
         """A sample of the state `jump` steps after z: one p_T step with the interval as input, or,
         without jump_input, `jump` steps of p_T."""
         if self.config.jump_input:
             if not 1 <= jump <= self.config.max_jump:
                 raise AezooError(f"tdvae jumps are 1..max_jump={self.config.max_jump}; asked for {jump}")
             j = torch.full(z.shape[:-1], jump, dtype=torch.long, device=z.device)
-            return self.p_t.rsample(self.transition_input(z, j))[0]
+            return self.p_t.rsample(self.transition_input(z, j), temperature)[0]
         for _ in range(jump):
-            z = self.p_t.rsample(z)[0]
+            z = self.p_t.rsample(z, temperature)[0]
         return z
 
     # --- the objective --------------------------------------------------------------------------
@@ -216,7 +217,7 @@ class TDVAE(Model):
             "log_ps": log_ps,
         }
 
-    def loss(self, x: torch.Tensor) -> Loss:
+    def loss(self, x: torch.Tensor, step: int = 0) -> Loss:
         c = self.config
         t1, t2 = sample_pairs(len(x), c.pairs, x.shape[1], c.max_jump, x.device)
         terms = {k: v.mean() for k, v in self.pair_terms(x, t1, t2).items()}
@@ -243,20 +244,24 @@ class TDVAE(Model):
         z = self.current_state(x)
         return torch.stack([self.decode(self.transition(z, d)) for d in jumps], dim=1)
 
-    def rollout(self, x: torch.Tensor | None, intervals, z: torch.Tensor | None = None) -> torch.Tensor:
+    def rollout(self, x: torch.Tensor | None, intervals, z: torch.Tensor | None = None,
+                temperature: float = 1.0) -> torch.Tensor:
         """A rollout: from z_t ~ p_B(. | b_t) after the frames x (or from the given z, x unused), jump by
         each interval in turn, decode every state reached: (B, len(intervals), *frame), the frames
         expected at t + cumsum(intervals)."""
         z = self.current_state(x) if z is None else z
         frames = []
         for d in intervals:
-            z = self.transition(z, d)
+            z = self.transition(z, d, temperature)
             frames.append(self.decode(z))
         return torch.stack(frames, dim=1)
 
-    def prior_states(self, n: int) -> torch.Tensor:
+    def prior_states(self, n: int, temperature: float = 1.0) -> torch.Tensor:
         """n states from p_B(z | b_0), the belief before any frame."""
-        return self.p_b.rsample(torch.zeros(n, self.config.belief_dim, device=self.device))[0]
+        return self.p_b.rsample(torch.zeros(n, self.config.belief_dim, device=self.device), temperature)[0]
+
+    def rollout_context(self) -> int:
+        return context_length(self.config.data_shape[0], self.config.max_jump)
 
     def jump_errors(self, x: torch.Tensor, context: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Squared errors summed over a frame's dimensions, (B, max_jump) each: of the jumpy prediction
@@ -268,15 +273,18 @@ class TDVAE(Model):
         return (pred - future).flatten(2).pow(2).sum(2), (last - future).flatten(2).pow(2).sum(2)
 
     # --- pictures -------------------------------------------------------------------------------
-    def sample(self, n: int) -> torch.Tensor:
+    def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
         """n rollouts from the prior state p_B(z | b_0): frames as strips (n, C, H, 8 W), seven jumps of
-        max_jump; vectors as line plots (n, 3, H, W) of a rollout in unit steps over T steps."""
-        z = self.prior_states(n)
+        max_jump; vectors as line plots (n, 3, H, W) of a rollout in unit steps over T steps. The noise
+        of the first state and of every jump is scaled by `temperature`."""
+        check_temperature(temperature)
+        z = self.prior_states(n, temperature)
         if len(self.frame_shape) == 3:
-            frames = torch.cat([self.decode(z).unsqueeze(1), self.rollout(None, [self.config.max_jump] * 7, z)], 1)
+            jumps = [self.config.max_jump] * 7
+            frames = torch.cat([self.decode(z).unsqueeze(1), self.rollout(None, jumps, z, temperature)], 1)
             n, length, c, h, w = frames.shape
             return frames.permute(0, 2, 3, 1, 4).reshape(n, c, h, length * w).clamp(0, 1)
-        path = self.rollout(None, [1] * self.config.data_shape[0], z)[..., 0]
+        path = self.rollout(None, [1] * self.config.data_shape[0], z, temperature)[..., 0]
         return line_images([(path, 0, PREDICTED)], path.shape[1])
 
     def visuals(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -285,7 +293,7 @@ class TDVAE(Model):
         rollouts from the prior ("prior_rollouts"); rows of 8 frames. Vectors: line plots."""
         x = x[:8]
         T, J = x.shape[1], self.config.max_jump
-        context = rollout_context(T, J)
+        context = context_length(T, J)
         if len(self.frame_shape) != 3:
             chained = self.rollout(x[:, :context], [1] * (T - context))[..., 0]
             truth = x[..., 0]
@@ -314,7 +322,7 @@ class TDVAE(Model):
                 "prior_rollouts": prior.flatten(0, 1).clamp(0, 1)}
 
 
-def rollout_context(length: int, max_jump: int) -> int:
+def context_length(length: int, max_jump: int) -> int:
     """Frames observed before the evaluated jumps: half the sequence, or fewer so that every jump of
     1..max_jump lands inside it."""
     return max(1, min(length // 2, length - max_jump))
@@ -359,32 +367,3 @@ def line_images(curves, length: int, scale_from: torch.Tensor | None = None, hei
         m = mask[:, None, :, :width]
         image[..., start : start + width] = region * (1 - m) + colour * m
     return image
-
-
-# --- evaluation ---------------------------------------------------------------------------------
-@evaluator(lambda model, ds: isinstance(model, TDVAE))
-@torch.no_grad()
-def rollouts(ctx: EvalContext) -> dict:
-    """rollout_mse[d - 1]: squared error summed over a frame's dimensions of the jumpy prediction of
-    the frame d steps after the first `rollout_context` frames (one sampled state, the decoder's mean),
-    for d = 1..max_jump; rollout_mse_baseline: the same for copying the last frame seen. Also -J and
-    its five terms on the evaluated split (one random pair per sequence)."""
-    from ..plots import save_line_plot
-
-    model = ctx.model
-    T, J = model.config.data_shape[0], model.config.max_jump
-    context = rollout_context(T, J)
-    err, base, n = torch.zeros(J), torch.zeros(J), 0
-    sums: dict[str, float] = {}
-    for x in ctx.progress(ctx.batches(), "rollouts"):
-        e, b = model.jump_errors(x, context)
-        err, base, n = err + e.sum(0).cpu(), base + b.sum(0).cpu(), n + len(x)
-        out = model.loss(x)
-        for k, v in {"neg_j": out.total, **out.terms}.items():
-            sums[k] = sums.get(k, 0.0) + float(v) * len(x)
-    mse, mse_base = (err / n).tolist(), (base / n).tolist()
-    save_line_plot(range(1, J + 1), {"TD-VAE jumpy prediction": mse, "copy the last frame": mse_base},
-                   ctx.run.plots / "rollout_mse.png", f"rollout error after {context} frames",
-                   "jump (steps)", "squared error per frame")
-    return {"rollout_context": context, "rollout_mse": mse, "rollout_mse_baseline": mse_base,
-            **{k: v / n for k, v in sums.items()}}

@@ -37,11 +37,10 @@ from ..distributions import (
     make_likelihood,
     standard_normal_log_prob,
 )
-from ..errors import AezooError
-from ..metrics import evaluator as _disentanglement_evaluator  # noqa: F401  (registers it with `aezoo eval`)
-from ..nn import BackboneConfig, Decoder, Encoder
+from ..networks import BackboneConfig, Decoder, Encoder
 from ..registry import register
-from .base import Loss, Model
+from .base import Loss, Model, check_temperature
+from .capabilities import Generative, LikelihoodBound
 
 
 @dataclass
@@ -61,7 +60,7 @@ class VAEConfig(ModelConfig, BackboneConfig):
 
 @register("vae", "variational autoencoder: Gaussian posterior, ELBO, IWAE estimate of -log p(x)",
           tiny={"hidden": (32,), "channels": (4, 8), "latent_dim": 4})
-class VAE(Model):
+class VAE(Model, Generative, LikelihoodBound):
     config_class = VAEConfig
 
     def __init__(self, config: VAEConfig):
@@ -89,12 +88,12 @@ class VAE(Model):
         recon = -self.likelihood.log_prob(self.decoder(z), x)
         return recon, q.kl_standard()
 
-    def capacity(self) -> float:
-        """C at the current step: C_max * min(1, step / capacity_steps) (Burgess et al. 2018)."""
+    def capacity(self, step: int) -> float:
+        """C at training step `step`: C_max * min(1, step / capacity_steps) (Burgess et al. 2018)."""
         c = self.config
-        return c.capacity_max * (min(1.0, self.step / c.capacity_steps) if c.capacity_steps else 1.0)
+        return c.capacity_max * (min(1.0, step / c.capacity_steps) if c.capacity_steps else 1.0)
 
-    def loss(self, x: torch.Tensor) -> Loss:
+    def loss(self, x: torch.Tensor, step: int = 0) -> Loss:
         c = self.config
         if c.objective == "iwae":
             neg_iwae = self.nll_iwae(x, c.iwae_k).mean()
@@ -103,7 +102,7 @@ class VAE(Model):
         recon, kl = recon.mean(), kl_units.sum(1).mean()
         terms = {"recon": recon, "kl": kl}
         if c.objective == "capacity":
-            terms["capacity"] = torch.tensor(self.capacity(), device=kl.device)
+            terms["capacity"] = torch.tensor(self.capacity(step), device=kl.device)
             total = recon + c.gamma * (kl - terms["capacity"]).abs()
         else:
             total = recon + c.beta * kl
@@ -133,8 +132,7 @@ class VAE(Model):
     def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
         """Means of p(x|z) for z ~ N(0, T^2 I): (n, *data_shape). T < 1 draws from the prior's bulk,
         trading variety for typical samples (the reduced temperature of Kingma & Dhariwal 2018, Glow)."""
-        if not temperature > 0:
-            raise AezooError(f"sampling temperature must be > 0, got {temperature}")
+        check_temperature(temperature)
         return self.decode(temperature * torch.randn(n, self.config.latent_dim, device=self.device))
 
     def interpolate(self, a: torch.Tensor, b: torch.Tensor, steps: int = 10) -> torch.Tensor:

@@ -14,7 +14,7 @@ decoder mirrors it with transposed 4x4 stride-2 convolutions. The paper uses 256
 default here is 64, a size that trains on a laptop CPU.
 
 p(x | z_q) is by default the discretised logistic of 8-bit pixels (a probability over the 256 pixel
-values, so that -log p(x) is bounded as in `aezoo.prior`); `bernoulli` suits binarised data and
+values, so that -log p(x) is bounded: bits/dim in `aezoo.evaluation.codes`); `bernoulli` suits binarised data and
 `gaussian` (fixed sigma: the paper's squared error) has no bits/dim. Stage 2 (`aezoo train-prior`)
 fits a gated PixelCNN over the code maps, after which `sample` draws images.
 """
@@ -29,10 +29,10 @@ from torch import nn
 from ..config import ModelConfig, choice, number
 from ..distributions import make_likelihood
 from ..errors import AezooError
-from ..prior import CodeLevel, CodeModel
 from ..quantize import Quantized, QuantizerConfig, VectorQuantizer, perplexity, usage
 from ..registry import register
 from .base import Loss
+from .capabilities import CodeLevel, CodeModel
 
 
 class ResidualStack(nn.Module):
@@ -125,7 +125,7 @@ class VQVAE(CodeModel):
         """The mean of p(x | z_q), (B, *data_shape)."""
         return self.likelihood.mean(self.decoder(z))
 
-    def loss(self, x: torch.Tensor) -> Loss:
+    def loss(self, x: torch.Tensor, step: int = 0) -> Loss:
         q = self.quantize(x)
         recon = -self.likelihood.log_prob(self.decoder(q.z_q).float(), x).mean()
         terms = {"recon": recon, "codebook": q.codebook_loss, "commitment": q.commitment_loss,
@@ -137,7 +137,7 @@ class VQVAE(CodeModel):
             with torch.no_grad():
                 self.quantizer.kmeans_init(self.encoder(x), self.config.kmeans_iters)
 
-    # --- the discrete-code interface (aezoo.prior.CodeModel) ------------------------------------
+    # --- the discrete-code interface (capabilities.CodeModel) ------------------------------------
     def code_levels(self) -> list[CodeLevel]:
         _, h, w = self.config.data_shape
         n = self.config.downsample

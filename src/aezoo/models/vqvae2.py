@@ -22,7 +22,7 @@ every image it returns have the data's shape; the code maps are those of the pad
 
 Stage 2 (`aezoo train-prior RUN`) fits PixelSNAIL priors (`models.pixelsnail`): the top map
 unconditionally (or given the class), the bottom map given the top codes; `sample` then draws top,
-then bottom given top, and decodes (`aezoo.prior`).
+then bottom given top, and decodes (`capabilities.CodeModel`).
 
 Reconstruction from the top level only (`reconstruct_top_only`, the comparison of Razavi et al.,
 fig. 3: each level adds detail) replaces the bottom map by one that carries no other information about
@@ -44,12 +44,11 @@ from torch import nn
 from ..config import ModelConfig, choice, number
 from ..distributions import make_likelihood
 from ..errors import AezooError
-from ..evaluate import EvalContext, evaluator
-from ..prior import CodeLevel, CodeModel
 from ..quantize import Quantized, QuantizerConfig, VectorQuantizer, perplexity, usage
 from ..registry import register
 from . import pixelsnail  # noqa: F401  (registers the default prior)
 from .base import Loss, interleave_rows
+from .capabilities import CodeLevel, CodeModel
 from .vqvae import ConvDecoder, ConvEncoder
 
 
@@ -132,7 +131,7 @@ class VQVAE2(CodeModel):
         """The mean of p(x | z) for z = `encode(x)`, (B, *data_shape)."""
         return self.likelihood.mean(self._crop(self.decoder(z)))
 
-    def loss(self, x: torch.Tensor) -> Loss:
+    def loss(self, x: torch.Tensor, step: int = 0) -> Loss:
         top, bottom = self.quantize(x)
         out = self._crop(self.decoder(self.decoder_input(top.z_q, bottom.z_q)))
         recon = -self.likelihood.log_prob(out.float(), x).mean()
@@ -152,7 +151,7 @@ class VQVAE2(CodeModel):
             h = self.encoder_bottom(self._pad(x))
             z_top = self.encoder_top(h)
             self.quantizer_top.kmeans_init(z_top, iters)
-            e_top = self.quantizer_top.lookup(self.quantizer_top(z_top).codes)
+            e_top = self.quantizer_top.lookup(self.quantizer_top.assign(z_top))  # no EMA step
             self.quantizer_bottom.kmeans_init(self.bottom_in(torch.cat([h, self.decoder_top(e_top)], 1)), iters)
 
     # --- reconstructions from the top level alone -----------------------------------------------
@@ -174,10 +173,8 @@ class VQVAE2(CodeModel):
             raise AezooError(f"fill must be 'mean', 'zero' or 'prior', got {fill!r}")
         top = self.quantizer_top(self.encoder_top(self.encoder_bottom(self._pad(x))))
         if fill == "prior":
-            if self.prior is None:
-                raise AezooError(f"this {self.name} has no prior to draw the bottom codes from: `aezoo train-prior RUN`")
-            self.prior.to(self.device).eval()
-            return self.decode_codes(self.prior.sample(len(x), labels, temperature, given=[top.codes]))
+            prior = self.require_prior()
+            return self.decode_codes(prior.sample(len(x), temperature, labels, given=[top.codes]))
         _, _, h, w = top.z_q.shape
         scale = 2 ** self.config.top_downsample
         z_bottom = self.bottom_fill(fill).view(1, -1, 1, 1).expand(len(x), -1, h * scale, w * scale)
@@ -192,7 +189,7 @@ class VQVAE2(CodeModel):
                 out["reconstructions_top_prior"] = interleave_rows(x, self.reconstruct_top_only(x, "prior").clamp(0, 1))
         return out
 
-    # --- the discrete-code interface (aezoo.prior.CodeModel) ------------------------------------
+    # --- the discrete-code interface (capabilities.CodeModel) ------------------------------------
     def code_levels(self) -> list[CodeLevel]:
         (h, w), b, t, k = self.padded, self.config.bottom_downsample, self.config.top_downsample, self.config.codebook_size
         return [CodeLevel("top", k, (h >> (b + t), w >> (b + t))), CodeLevel("bottom", k, (h >> b, w >> b))]
@@ -205,15 +202,3 @@ class VQVAE2(CodeModel):
         top, bottom = codes
         z = self.decoder_input(self.quantizer_top.lookup(top), self.quantizer_bottom.lookup(bottom))
         return self._crop(self.decoder(z))
-
-
-@evaluator(lambda model, ds: isinstance(model, VQVAE2))
-@torch.no_grad()
-def top_only_reconstruction(ctx: EvalContext) -> dict:
-    """recon_mse_top_only: squared error (summed over data dimensions) of reconstructions from the top
-    codes alone, the bottom map filled with the expected bottom code (beside recon_mse, both levels)."""
-    sq, n = 0.0, 0
-    for x in ctx.progress(ctx.batches(), "top-only reconstruction"):
-        sq += float(((ctx.model.reconstruct_top_only(x) - x) ** 2).flatten(1).sum())
-        n += len(x)
-    return {"recon_mse_top_only": sq / n}

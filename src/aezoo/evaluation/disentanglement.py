@@ -1,5 +1,4 @@
-"""`aezoo eval` for data rendered from a factor grid (dsprites): the disentanglement metrics, and the
-plot of KL per latent unit over training.
+"""`aezoo eval` for data rendered from a factor grid (dsprites): the disentanglement metrics.
 
 The metrics see `eval.metric_samples` images drawn uniformly from the whole grid with the evaluation
 seed (not the test split: the metrics are about the representation of every factor combination),
@@ -12,9 +11,8 @@ from __future__ import annotations
 import torch
 
 from ..data.dsprites import factor_grid
-from ..evaluate import EVAL_SEED, EvalContext, evaluator
-from ..plots import read_metrics, save_line_plot
-from . import scores
+from ..metrics import scores
+from .base import EVAL_SEED, EvalContext, evaluator
 
 
 @torch.no_grad()
@@ -27,7 +25,7 @@ def encode_grid_sample(model, grid, n: int, batch_size: int, seed: int = EVAL_SE
     return torch.cat(codes).numpy(), factors.numpy()
 
 
-@evaluator(lambda model, ds: factor_grid(ds) is not None and hasattr(model, "encode"))
+@evaluator(lambda model, ds: factor_grid(ds) is not None)
 def disentanglement(ctx: EvalContext) -> dict:
     """mig, betavae_score, factorvae_score, dci_* and sap of the model's codes (module docstring)."""
     grid = factor_grid(ctx.dataset)
@@ -44,14 +42,3 @@ def disentanglement(ctx: EvalContext) -> dict:
         "sap": scores.sap(codes, factors, discrete=grid.categorical),
         "metric_samples": e.metric_samples,
     }
-
-
-@evaluator(lambda model, ds: getattr(getattr(model, "config", None), "log_kl_units", False))
-def kl_per_unit_over_training(ctx: EvalContext) -> dict:
-    """plots/kl_per_unit_training.png from the kl_<i> terms of the validation passes in metrics.jsonl."""
-    records = [r for r in read_metrics(ctx.run.metrics) if r["split"] == "val" and "kl_0" in r]
-    if records:
-        units = sorted((k for k in records[0] if k.startswith("kl_") and k[3:].isdigit()), key=lambda k: int(k[3:]))
-        save_line_plot([r["step"] for r in records], {f"unit {k[3:]}": [r.get(k) for r in records] for k in units},
-                       ctx.run.plots / "kl_per_unit_training.png", "KL per latent unit (validation)", "step", "KL (nats)")
-    return {}

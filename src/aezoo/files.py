@@ -43,6 +43,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
+def is_number(v) -> bool:
+    """A JSON number (int or float), not a bool."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _json_safe(obj):
     """Non-finite floats become strings ("nan", "inf") so that the file stays standard JSON."""
     if isinstance(obj, float) and not math.isfinite(obj):

@@ -1,6 +1,6 @@
-"""How useful a model's features are: a linear probe and a k-NN classifier on its codes, and the
-denoising autoencoder's denoising quality (`aezoo eval` keys probe_linear_acc, probe_knn_acc,
-denoise_psnr, corrupted_psnr).
+"""How useful a model's features are: a linear probe and a k-NN classifier on its codes, the
+denoising autoencoder's denoising quality, and the sparse autoencoder's activations (`aezoo eval` keys
+probe_linear_acc, probe_knn_acc, denoise_psnr, corrupted_psnr, mean_activation).
 
 The papers of the regularised autoencoders judge features by a classifier trained on them (Vincent et
 al. 2010, table 3: stacked denoising 1.28% test error on MNIST; Rifai et al. 2011, table 1: contractive
@@ -18,13 +18,15 @@ Both are scored on the evaluated split (`eval.split`, test by default).
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
-from .data import prepare
-from .evaluate import EVAL_SEED, EvalContext, evaluator
+from ..data import prepare
+from ..models.capabilities import Denoising
+from ..models.regularised import SparseAE
+from ..plots import save_histogram
+from .base import EVAL_SEED, EvalContext, evaluator
+from .reconstruction import psnr
 
 K_NEIGHBOURS = 10
 LINEAR_ITERS = 200
@@ -108,12 +110,7 @@ def feature_probes(ctx: EvalContext) -> dict:
             "probe_train_examples": len(train)}
 
 
-def psnr(mse_per_dim: float) -> float:
-    """Peak signal-to-noise ratio (dB) of data in [0, 1]."""
-    return 10 * math.log10(1 / max(mse_per_dim, 1e-12))
-
-
-@evaluator(lambda model, ds: ds.kind in ("image", "vector") and hasattr(getattr(model, "config", None), "corruption"))
+@evaluator(lambda model, ds: ds.kind in ("image", "vector") and isinstance(model, Denoising))
 @torch.no_grad()
 def denoising(ctx: EvalContext) -> dict:
     """denoise_psnr: PSNR of the reconstructions of corrupted inputs against the clean ones;
@@ -128,3 +125,21 @@ def denoising(ctx: EvalContext) -> dict:
             recon_sq += float((ctx.model.reconstruct(noisy) - x).pow(2).sum())
             dims += x.numel()
     return {"denoise_psnr": psnr(recon_sq / dims), "corrupted_psnr": psnr(noisy_sq / dims)}
+
+
+@evaluator(lambda model, ds: isinstance(model, SparseAE) and ds.kind in ("image", "vector"))
+@torch.no_grad()
+def activation_histograms(ctx: EvalContext) -> dict:
+    """plots/activations.png (every activation of the penalised layers) and plots/unit_means.png (each
+    unit's mean activation rho_hat_j, which the penalty pulls to rho), over the evaluated split;
+    mean_activation in eval.json."""
+    model = ctx.model
+    acts = []
+    for x in ctx.progress(ctx.batches(), "activations"):
+        layers = model.layers(x)
+        acts.append(torch.cat([layers[i] for i in model.config.penalised_layers], 1).cpu())
+    acts = torch.cat(acts)
+    rho = model.config.rho
+    save_histogram(acts, ctx.run.plots / "activations.png", f"activations of the penalised units (rho = {rho:g})", "activation")
+    save_histogram(acts.mean(0), ctx.run.plots / "unit_means.png", f"mean activation per unit (rho = {rho:g})", "rho_hat_j")
+    return {"mean_activation": float(acts.mean())}

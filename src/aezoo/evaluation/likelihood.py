@@ -1,0 +1,32 @@
+"""Bounds on -log p(x) for models that give one (`capabilities.LikelihoodBound`)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..models.capabilities import LikelihoodBound
+from .base import EvalContext, evaluator
+
+ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016, sec. 5.2
+
+
+@evaluator(lambda model, ds: isinstance(model, LikelihoodBound))
+@torch.no_grad()
+def likelihood(ctx: EvalContext) -> dict:
+    """neg_elbo (one sample of z per example), the IWAE estimate of -log p(x) with k = eval.nll_k
+    samples (Burda et al. 2016, eq. 8), the KL per latent unit, and the active units
+    A_u = Cov_x(E_q[z_u]) > 0.01 (Burda et al. 2016, sec. 5.2)."""
+    e = ctx.cfg.eval
+    neg_elbo, nll, n = 0.0, 0.0, 0
+    kl_units, means = 0.0, []
+    for x in ctx.progress(ctx.batches(), f"IWAE k={e.nll_k}"):
+        recon, kl = ctx.model.elbo_parts(x)
+        neg_elbo += float((recon + kl.sum(1)).sum())
+        kl_units = kl_units + kl.sum(0)
+        means.append(ctx.model.encode(x))
+        nll += float(ctx.model.nll_iwae(x, e.nll_k, e.nll_batch).sum())
+        n += len(x)
+    mu = torch.cat(means)
+    active = int((mu.var(0) > ACTIVE_UNIT_THRESHOLD).sum())
+    return {"neg_elbo": neg_elbo / n, "nll_iwae": nll / n, "nll_iwae_k": e.nll_k,
+            "kl_per_dim": (kl_units / n).tolist(), "active_units": active}

@@ -1,0 +1,30 @@
+"""How well a model reconstructs the evaluated split."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .base import EvalContext, evaluator
+
+
+def psnr(mse_per_dim: float) -> float:
+    """Peak signal-to-noise ratio (dB) of data in [0, 1]."""
+    return 10 * math.log10(1 / max(mse_per_dim, 1e-12))
+
+
+@evaluator(lambda model, ds: ds.kind in ("image", "vector"))
+@torch.no_grad()
+def reconstruction(ctx: EvalContext) -> dict:
+    """recon_mse: squared error summed over data dimensions; psnr: from the mean squared error per
+    dimension, for data in [0, 1]; recon_bce: Bernoulli cross-entropy of the reconstruction's mean."""
+    sq, bce, n, dims = 0.0, 0.0, 0, 0
+    for x in ctx.progress(ctx.batches(), "reconstruction"):
+        r = ctx.model.reconstruct(x)
+        sq += float(((r - x) ** 2).flatten(1).sum())
+        p = r.clamp(1e-6, 1 - 1e-6)
+        bce += float(-(x * p.log() + (1 - x) * (1 - p).log()).flatten(1).sum())
+        n, dims = n + len(x), x[0].numel()
+    mse = sq / n
+    return {"recon_mse": mse, "recon_bce": bce / n, "psnr": psnr(mse / dims)}

@@ -1,0 +1,144 @@
+"""The run folder: its files, its lock, its metrics log, and loading what it holds.
+
+    config.json        the whole RunConfig (rebuilds the model and the run)
+    model.safetensors  the weights
+    resume.pt          the state for an exact resume (written by the engine)
+    metrics.jsonl      one JSON object per logged step: "step", "split" (train or val), the terms
+    eval.json          the measurements (`aezoo.evaluation`)
+    plots/, report.html
+
+Every file is written atomically (`files`). This module is the one reader and writer of
+metrics.jsonl: `append_metrics` adds lines, `read_metrics` reads them (skipping a line cut short by a
+crash), and `truncate_metrics` drops the lines after a checkpoint by rewriting the file atomically.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import registry
+from .config import RunConfig
+from .data import Dataset, load_dataset
+from .distributed import pick_device
+from .errors import AezooError
+from .files import atomic_write_bytes, is_number
+
+
+@dataclass
+class RunFolder:
+    path: Path
+
+    def __post_init__(self):
+        self.path = Path(self.path)
+
+    config = property(lambda self: self.path / "config.json")
+    weights = property(lambda self: self.path / "model.safetensors")
+    state = property(lambda self: self.path / "resume.pt")
+    metrics = property(lambda self: self.path / "metrics.jsonl")
+    eval = property(lambda self: self.path / "eval.json")
+    plots = property(lambda self: self.path / "plots")
+    lock_file = property(lambda self: self.path / ".lock")
+
+    def require(self) -> None:
+        """Refuses a folder that holds no run."""
+        if not self.config.exists():
+            raise AezooError(f"{self.path}: no run here (config.json missing)")
+
+    def lock(self):
+        """An exclusive lock held while this process trains here; a second trainer is refused."""
+        handle = open(self.lock_file, "w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise AezooError(f"{self.path} is in use by another aezoo process") from None
+        for stale in self.path.glob(".*.tmp"):  # left by a process killed while writing
+            stale.unlink()
+        return handle
+
+
+# --- metrics.jsonl ------------------------------------------------------------------------------
+# Keys of a metrics.jsonl line that are bookkeeping, not loss terms.
+BOOKKEEPING = frozenset({"step", "split", "epoch", "lr", "samples_per_s", "time_s"})
+SPLIT_ORDER = {"train": 0, "val": 1}
+
+
+def _parse(line: str) -> dict | None:
+    """A record with a numeric "step" and a string "split", or None (blank, cut short, not an object)."""
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    if isinstance(rec, dict) and is_number(rec.get("step")) and isinstance(rec.get("split"), str):
+        return rec
+    return None
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The valid records of a metrics.jsonl, in order; [] when there is none."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except FileNotFoundError:
+        return []
+    return [rec for rec in map(_parse, text.splitlines()) if rec is not None]
+
+
+def append_metrics(path: str | Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def truncate_metrics(path: str | Path, step: int) -> None:
+    """Keeps the records up to `step` (lines logged after a checkpoint are written again on resume)."""
+    path = Path(path)
+    if path.exists():
+        kept = [json.dumps(r) + "\n" for r in read_metrics(path) if r["step"] <= step]
+        atomic_write_bytes(path, "".join(kept).encode())
+
+
+def loss_terms(records: list[dict]) -> list[str]:
+    """The numeric non-bookkeeping keys of `records`, "loss" first, then in order of appearance.
+    Per-unit diagnostics (`kl_0`, `kl_1`, ...) are left to their own plot."""
+    terms = {}
+    for rec in records:
+        for k, v in rec.items():
+            if k not in BOOKKEEPING and is_number(v) and not re.fullmatch(r"kl_\d+", k):
+                terms[k] = None
+    return sorted(terms, key=lambda k: k != "loss")  # stable: keeps first-seen order otherwise
+
+
+def curves(records: list[dict], terms: list[str]) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """{term: {split: [(step, value), ...]}} of `records`, splits train, val, then the rest."""
+    splits = sorted({r["split"] for r in records}, key=lambda s: (SPLIT_ORDER.get(s, 2), s))
+    return {t: {s: sorted((r["step"], r[t]) for r in records if r["split"] == s and is_number(r.get(t)))
+                for s in splits} for t in terms}
+
+
+def train_throughput(records: list[dict]) -> dict:
+    """The median training samples/s over the logged intervals."""
+    rates = sorted(r["samples_per_s"] for r in records if r["split"] == "train" and is_number(r.get("samples_per_s")))
+    return {"train_samples_per_s": rates[len(rates) // 2]} if rates else {}
+
+
+# --- loading ------------------------------------------------------------------------------------
+def load_run(path: str | Path, split: str | None = None, device: str | None = None):
+    """(model, dataset, cfg, run) of a finished or checkpointed run, on the configured device; the
+    evaluated split cut to `eval.limit` examples."""
+    run = RunFolder(Path(path))
+    run.require()
+    cfg: RunConfig = registry.load_run_config(run.path)
+    if split:
+        cfg.eval.split = split
+    dev = pick_device(device or cfg.train.device)
+    model = registry.load(run.path, device=str(dev))
+    dataset: Dataset = load_dataset(cfg.data)
+    if cfg.eval.limit:
+        dataset.x[cfg.eval.split] = dataset.x[cfg.eval.split][: cfg.eval.limit]
+    if dataset.shape != tuple(cfg.model.data_shape):
+        raise AezooError(f"{run.path}: the model expects data of shape {tuple(cfg.model.data_shape)}, "
+                         f"{cfg.data.name} gives {dataset.shape}")
+    return model, dataset.to(dev), cfg, run
