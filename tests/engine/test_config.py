@@ -65,7 +65,7 @@ def test_config_file_toml_and_json(tmp_path):
 def test_shipped_configs_are_valid():
     from pathlib import Path
 
-    for path in sorted(Path(__file__).parents[1].glob("configs/*.toml")):
+    for path in sorted(Path(__file__).parents[2].glob("configs/*.toml")):
         tree = read_config_file(path)
         name = tree.pop("model_name")
         make_run_config(name, entry(name).config_class, tree)
