@@ -25,9 +25,9 @@ DISCRETE = GRID.categorical
 def test_grid_has_the_original_factor_values_and_count():
     assert len(GRID) == 737_280 == 3 * 6 * 40 * 32 * 32
     assert torch.allclose(GRID.values("scale"), torch.tensor([0.5, 0.6, 0.7, 0.8, 0.9, 1.0]))
-    orientation = GRID.values("orientation")
-    assert len(orientation) == 40 and orientation[0] == 0 and orientation[-1] < 2 * math.pi
-    assert torch.allclose(orientation.diff(), torch.full((39,), 2 * math.pi / 40))
+    orientation = GRID.values("orientation")  # the original's: 0 to 2 pi inclusive, step 2 pi / 39
+    assert len(orientation) == 40 and orientation[0] == 0 and math.isclose(orientation[-1], 2 * math.pi, rel_tol=1e-6)
+    assert torch.allclose(orientation.diff(), torch.full((39,), 2 * math.pi / 39))
     index = torch.arange(len(GRID))
     f = GRID.to_factors(index)
     assert torch.equal(GRID.to_index(f), index)
@@ -68,10 +68,12 @@ def test_the_three_shapes_differ_at_every_angle():
         heart = GRID.images(torch.tensor([[2, scale, 0, 16, 16]]))
         others = GRID.images(torch.tensor([[s, scale, o, 16, 16] for s in (0, 1) for o in range(40)]))
         assert (others != heart).flatten(1).sum(1).min() >= 3
-    # the square is symmetric under a quarter turn (10 steps), the ellipse under a half turn only
-    sq = GRID.images(torch.tensor([[0, 5, 3, 16, 16], [0, 5, 13, 16, 16]]))
-    el = GRID.images(torch.tensor([[1, 5, 3, 16, 16], [1, 5, 13, 16, 16], [1, 5, 23, 16, 16]]))
-    assert torch.equal(sq[0], sq[1]) and not torch.equal(el[0], el[1]) and torch.equal(el[0], el[2])
+    # on the original's grid (step 2 pi / 39) no two angles are a quarter or half turn apart, so the
+    # square and the ellipse, whose symmetries those are, differ between orientations that were 10 and
+    # 20 steps apart on a 2 pi / 40 grid; only the end point 2 pi (39) draws as 0
+    sq = GRID.images(torch.tensor([[0, 5, 3, 16, 16], [0, 5, 13, 16, 16], [0, 5, 0, 16, 16], [0, 5, 39, 16, 16]]))
+    el = GRID.images(torch.tensor([[1, 5, 3, 16, 16], [1, 5, 23, 16, 16]]))
+    assert not torch.equal(sq[0], sq[1]) and torch.equal(sq[2], sq[3]) and not torch.equal(el[0], el[1])
 
 
 def test_fixed_factor_sampling():

@@ -4,7 +4,7 @@ Every combination of five independent generative factors gives one binary 64x64 
 
     shape        3   square, ellipse, heart
     scale        6   linspace(0.5, 1, 6)
-    orientation 40   2 pi i / 40, i = 0..39 (the original's grid without its duplicate end point 2 pi)
+    orientation 40   linspace(0, 2 pi, 40): step 2 pi / 39, both end points (the original's grid)
     pos_x       32   linspace(0, 1, 32)
     pos_y       32   linspace(0, 1, 32)
 
@@ -14,8 +14,11 @@ Nothing is downloaded or stored: an image is rendered from its factors when a ba
 the same on every machine. A pixel is on when its centre lies inside the shape (no anti-aliasing).
 Geometry: at scale 1 the square's side is 20 pixels, the ellipse's axes 20 and 10, the heart about
 18 wide; centres run over [16, 48] pixels, so every shape at every angle stays inside the frame.
-The ellipse is symmetric under a half turn and the square under a quarter turn, so, as in the
-original, some orientations of those shapes give identical images.
+The last orientation, 2 pi, is the same angle as the first, 0, and is drawn as 0: the two images
+are identical, as in the original. The ellipse is symmetric under a half turn and the square under a
+quarter turn; 39 steps of 2 pi / 39 meet neither symmetry, so apart from that end point every
+orientation is a distinct angle of every shape (a grid of 40 steps of 2 pi / 40 would have given the
+square only 10 distinct angles), though at small scales neighbouring angles may render alike.
 
 Splits: `test` and `val` are two disjoint fixed random sets of 1,000 grid images each; `train` is the
 other 735,280. Beside the images, `factors[split]` holds their factor indices (N, 5), named by
@@ -116,7 +119,7 @@ class DSprites(FactorGrid):
         if name == "scale":
             return torch.linspace(0.5, 1.0, n)
         if name == "orientation":
-            return torch.arange(n) * (2 * math.pi / n)
+            return torch.linspace(0.0, 2 * math.pi, n)
         if name in ("pos_x", "pos_y"):
             return torch.linspace(0.0, 1.0, n)
         return torch.arange(n, dtype=torch.float32)
@@ -130,7 +133,8 @@ class DSprites(FactorGrid):
         f = factors.long()
         shape = f[:, 0].view(-1, 1, 1)
         scale = (0.5 + 0.1 * f[:, 1].float()).view(-1, 1, 1)  # linspace(0.5, 1, 6)
-        theta = (f[:, 2].float() * (2 * math.pi / self.sizes[2])).view(-1, 1, 1)
+        steps = self.sizes[2] - 1  # linspace(0, 2 pi, 40); 2 pi drawn as 0, so the two images are equal
+        theta = ((f[:, 2] % steps).float() * (2 * math.pi / steps)).view(-1, 1, 1)
         span = self.centre_hi - self.centre_lo
         cx = (self.centre_lo + span * f[:, 3].float() / (self.sizes[3] - 1)).view(-1, 1, 1)
         cy = (self.centre_lo + span * f[:, 4].float() / (self.sizes[4] - 1)).view(-1, 1, 1)
