@@ -1,7 +1,16 @@
 """Small estimators the disentanglement metrics are built from, in numpy (and torch for one fit).
 
-Discretised mutual information (as in Chen et al. 2018's and Locatello et al. 2019's reference
-code), a multinomial logistic regression (the beta-VAE metric's linear classifier), a multi-output
+Discretised mutual information, the estimator of disentanglement_lib (Locatello et al. 2019), not
+that of Chen et al. 2018: each unit of the codes (the posterior means, one point per example) is cut
+into equal-width bins between its min and max (`discretize`: disentanglement_lib's
+`_histogram_discretize`, np.digitize on np.histogram's edges, 20 bins for its MIG), and I(z_j; v_k)
+is the plug-in mutual information of the binned unit and the factor (`mutual_information`, what
+sklearn.metrics.mutual_info_score computes, in nats; `entropy` likewise for H(v_k)). Chen et al.'s
+reference code for MIG (beta-TCVAE) bins nothing: it estimates I(z_j; v_k) = H(z_j) - H(z_j | v_k)
+from samples of the encoder's distribution q(z | x) and its density, by Monte Carlo over the data
+set, so the two give different numbers for the same model.
+
+Also a multinomial logistic regression (the beta-VAE metric's linear classifier), a multi-output
 Lasso (the DCI importance estimate), a 1-D histogram classifier (SAP's discrete factors) and the
 FactorVAE metric's majority vote. Inputs are numpy arrays or torch tensors: `codes` (N, D) floats,
 `factors` (N, K) integer factor indices.
@@ -35,7 +44,9 @@ def check_pair(codes, factors) -> tuple[np.ndarray, np.ndarray]:
 
 
 def discretize(x: np.ndarray, bins: int = 20) -> np.ndarray:
-    """Each column of (N, D) into `bins` equal-width bins between its min and max: (N, D) ints."""
+    """Each column of (N, D) into `bins` equal-width bins between its min and max, the max in the last
+    bin: (N, D) ints 0..bins-1. The bins of disentanglement_lib's `_histogram_discretize` (numbered
+    1..bins there); a value lying exactly on an edge may land on the other side of it by rounding."""
     lo, hi = x.min(0), x.max(0)
     width = np.where(hi > lo, (hi - lo) / bins, 1.0)
     return np.clip(((x - lo) / width).astype(np.int64), 0, bins - 1)
