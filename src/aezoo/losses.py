@@ -25,12 +25,29 @@ import torch
 # --- sparsity ------------------------------------------------------------------------------------
 
 
-def sparsity_kl(rho: float, rho_hat: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """KL(Bernoulli(rho) || Bernoulli(rho_hat)) per unit, for the mean activations rho_hat (H,) in (0, 1):
-    rho log(rho / rho_hat) + (1 - rho) log((1 - rho) / (1 - rho_hat)). rho_hat is kept eps away from
-    0 and 1, where the KL is infinite (a dead or saturated unit), so that one unit cannot end training."""
-    rho_hat = rho_hat.clamp(eps, 1 - eps)
-    return rho * torch.log(rho / rho_hat) + (1 - rho) * torch.log((1 - rho) / (1 - rho_hat))
+def _floor_straight_through(x: torch.Tensor, lo: float) -> torch.Tensor:
+    """x raised to lo where it is smaller, with the gradient of x itself everywhere (also below lo)."""
+    return x + (x.clamp(min=lo) - x).detach()
+
+
+def sparsity_kl(rho: float, rho_hat: torch.Tensor) -> torch.Tensor:
+    """KL(Bernoulli(rho) || Bernoulli(rho_hat)) per unit, for the mean activations rho_hat (H,) in [0, 1]:
+    rho log(rho / rho_hat) + (1 - rho) log((1 - rho) / (1 - rho_hat)), computed in float32 at least.
+
+    Exact, value and gradient, wherever rho_hat and 1 - rho_hat are at least sqrt(smallest normal
+    number) of the dtype (1e-19 in float32): d KL / d rho_hat = (1 - rho) / (1 - rho_hat) - rho / rho_hat,
+    so a nearly dead unit (rho_hat -> 0) is pushed up towards rho and a saturated one down, as hard as
+    the KL says. Below that floor (a unit exactly dead or saturated, where the KL is infinite)
+    rho_hat and 1 - rho_hat are raised to the floor straight-through: the value stays finite and the
+    unit still receives the derivative at the floor (finite, of the right sign), never zero. The large
+    derivative near 0 or 1 is tamed by the sigmoid before it reaches the weights: rho_hat is the batch
+    mean of activations a_b = sigmoid(u_b), sigmoid'(u_b) = a_b (1 - a_b), so sum_b |d KL / d u_b| <= 1
+    whatever rho_hat is."""
+    if rho_hat.dtype.itemsize < 4:
+        rho_hat = rho_hat.float()
+    lo = torch.finfo(rho_hat.dtype).tiny ** 0.5
+    p, q = _floor_straight_through(rho_hat, lo), _floor_straight_through(1 - rho_hat, lo)
+    return rho * torch.log(rho / p) + (1 - rho) * torch.log((1 - rho) / q)
 
 
 # --- k-sparse --------------------------------------------------------------------------------------

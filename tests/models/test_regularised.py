@@ -180,6 +180,40 @@ def test_sparsity_kl_formula():
     assert abs(float(got[1])) < 1e-12 and (got[[0, 2, 3]] > 0).all()
 
 
+def test_sparsity_kl_gradient_reaches_nearly_dead_and_saturated_units():
+    rho = 0.05
+    formula = lambda r: rho * torch.log(rho / r) + (1 - rho) * torch.log((1 - rho) / (1 - r))
+    derivative = lambda r: (1 - rho) / (1 - r) - rho / r
+    # a unit nearly dead (1e-9) or nearly saturated (1 - 1e-9): the KL is finite there, and so is its
+    # gradient, which is the formula's derivative: descent pushes the first up and the second down, to rho
+    for dtype, r in ((torch.float64, [1e-9, 1 - 1e-9, 0.3]), (torch.float32, [1e-9, 1 - 1e-6, 0.3])):
+        rho_hat = torch.tensor(r, dtype=dtype, requires_grad=True)
+        value = losses.sparsity_kl(rho, rho_hat)
+        value.sum().backward()
+        exact = rho_hat.detach().double()  # the values as the dtype holds them
+        assert torch.allclose(value.double(), formula(exact), rtol=1e-6, atol=0)
+        assert torch.allclose(rho_hat.grad.double(), derivative(exact), rtol=1e-5, atol=0)
+        assert rho_hat.grad[0] < -1e7 and rho_hat.grad[1] > 1e5
+    # exactly dead or saturated: the KL is infinite; the value stays finite and the gradient finite,
+    # with the right sign and at least as strong as for the nearly dead or saturated unit
+    for dtype in (torch.float32, torch.float64):
+        rho_hat = torch.tensor([0.0, 1.0, 1e-9], dtype=dtype, requires_grad=True)
+        value = losses.sparsity_kl(rho, rho_hat)
+        value.sum().backward()
+        g = rho_hat.grad
+        assert torch.isfinite(value).all() and torch.isfinite(g).all(), dtype
+        assert g[0] <= g[2] < 0 < g[1] and value[0] >= value[2], dtype
+    # through sigmoid units as the sparse autoencoder has them: a unit with mean activation ~1e-11
+    # receives the gradient d KL / d u_b = derivative(rho_hat) a_b (1 - a_b) / B on its
+    # pre-activations, negative (descent revives it) and summing to about -rho
+    u = torch.tensor([-25.0, -26.0, -27.0, -28.0], dtype=torch.float64, requires_grad=True)
+    a = torch.sigmoid(u)
+    losses.sparsity_kl(rho, a.mean()).backward()
+    expected = derivative(a.detach().mean()) * a.detach() * (1 - a.detach()) / len(u)
+    assert torch.allclose(u.grad, expected, rtol=1e-9) and (u.grad < 0).all()
+    assert math.isclose(float(u.grad.sum()), -rho, rel_tol=1e-6)
+
+
 def test_sparse_ae_penalises_the_chosen_layers():
     m = aezoo.build("sparse_ae", data_shape=SHAPE, hidden=(9, 7), latent_dim=5, penalised_layers=(0, -1), beta=2.5, rho=0.1)
     x = torch.rand(8, *SHAPE)
