@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 OMP_NUM_THREADS ?= 1
 export OMP_NUM_THREADS
 
-.PHONY: demo test install clean
+.PHONY: demo test test-fast lint install clean
 
 $(STAMP): pyproject.toml requirements.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,15 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest tests
+
+# The tests a developer runs after each change: everything but the ones marked slow (under a minute).
+test-fast: $(STAMP)
+	$(PY) -m pytest tests -m "not slow"
+
+# ruff (style and errors) and import-linter (layers import only downward), both configured in pyproject.toml.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) runs

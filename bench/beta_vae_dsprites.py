@@ -39,14 +39,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import write_result
-
 from aezoo.config import make_run_config, merge, read_config_file
 from aezoo.data.dsprites import DSprites
 from aezoo.evaluation import evaluate
 from aezoo.plots import save_image_grid
 from aezoo.registry import entry, load
 from aezoo.train import train
+from common import write_result
 
 ROOT = Path(__file__).parents[1]
 VARIANTS = {
@@ -163,21 +162,35 @@ def main() -> None:
         if len(r["seeds"]) > 1:
             r["over_seeds"] = mean_over_seeds(r["seeds"])
     c = base
-    path = write_result(__file__, {
-        "budget": {"steps": args.steps, "batch_size": c["train"]["batch_size"], "lr": args.lr, "seeds": seeds,
-                   "images_seen": args.steps * c["train"]["batch_size"],
-                   "epochs": args.steps * c["train"]["batch_size"] / 735_280,
-                   "metric_samples": args.metric_samples, "torch_threads": args.threads,
-                   "processes_side_by_side": 2},
-        "capacity_choice": CAPACITY_NOTE,
-        "anchors": {"betavae_score": {"beta4": 0.992, "beta1": 0.616, "source": "Higgins et al. 2017, sec. 4 (dSprites)"}},
-        "anchor_gap_beta4": {str(seed): round(r["betavae_score"] - 0.992, 4)
-                             for seed, r in results["beta4"]["seeds"].items()},
-        "anchor_note": ANCHOR_NOTE,
-        "wall_s": round(sum(s["train_wall_s"] + s["eval_wall_s"] for r in results.values() for s in r["seeds"].values()), 1),
-        "results": results,
-        "not_run": not_run,
-    })
+    path = write_result(
+        __file__,
+        {
+            "budget": {
+                "steps": args.steps,
+                "batch_size": c["train"]["batch_size"],
+                "lr": args.lr,
+                "seeds": seeds,
+                "images_seen": args.steps * c["train"]["batch_size"],
+                "epochs": args.steps * c["train"]["batch_size"] / 735_280,
+                "metric_samples": args.metric_samples,
+                "torch_threads": args.threads,
+                "processes_side_by_side": 2,
+            },
+            "capacity_choice": CAPACITY_NOTE,
+            "anchors": {
+                "betavae_score": {"beta4": 0.992, "beta1": 0.616, "source": "Higgins et al. 2017, sec. 4 (dSprites)"}
+            },
+            "anchor_gap_beta4": {
+                str(seed): round(r["betavae_score"] - 0.992, 4) for seed, r in results["beta4"]["seeds"].items()
+            },
+            "anchor_note": ANCHOR_NOTE,
+            "wall_s": round(
+                sum(s["train_wall_s"] + s["eval_wall_s"] for r in results.values() for s in r["seeds"].values()), 1
+            ),
+            "results": results,
+            "not_run": not_run,
+        },
+    )
     print(f"wrote {path}")
 
 

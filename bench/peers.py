@@ -68,8 +68,6 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import write_result
-
 import aezoo
 from aezoo.config import (
     EvalConfig,
@@ -80,10 +78,11 @@ from aezoo.config import (
     read_config_file,
 )
 from aezoo.data import Batches, Dataset, load_dataset
-from aezoo.registry import MODELS, entry
 from aezoo.optim import make_optimizer
+from aezoo.registry import MODELS, entry
 from aezoo.runfolder import RunFolder
 from aezoo.train import Trainer
+from common import write_result
 
 ROOT = Path(__file__).parents[1]
 DEFAULT_THREADS = torch.get_num_threads()
@@ -106,7 +105,9 @@ except ImportError:
 # --- timing ----------------------------------------------------------------------------------------
 
 
-def race(contenders: dict[str, Callable[[], int | tuple[int, float]]], rounds: int, warm_up: bool = True) -> dict[str, list[float]]:
+def race(
+    contenders: dict[str, Callable[[], int | tuple[int, float]]], rounds: int, warm_up: bool = True
+) -> dict[str, list[float]]:
     """Runs every contender once per round, the order reversed every other round, and returns each one's
     rate (what it returned, samples or examples, per second) for every round. A contender with set-up
     work to leave out returns (count, seconds) itself. With warm_up, a round 0 runs first and is dropped."""
@@ -126,9 +127,11 @@ def versus(rates: dict[str, list[float]], ours: str, theirs: str) -> dict:
     """Medians, the ratio of medians, and the median of the per-round ratios (each round's pair ran
     back to back, so this one is the steadier on a busy machine)."""
     a, b = rates[ours], rates[theirs]
-    return {"ratio": round(statistics.median(a) / statistics.median(b), 3),
-            "median_of_round_ratios": round(statistics.median(x / y for x, y in zip(a, b)), 3),
-            "rounds": len(a)}
+    return {
+        "ratio": round(statistics.median(a) / statistics.median(b), 3),
+        "median_of_round_ratios": round(statistics.median(x / y for x, y in zip(a, b)), 3),
+        "rounds": len(a),
+    }
 
 
 def rate_summary(rates: list[float]) -> dict:
@@ -145,8 +148,9 @@ def aezoo_adam(params, fused: bool = True) -> torch.optim.Optimizer:
     return make_optimizer(params, TrainConfig(lr=1e-3, fused_optimizer=fused))
 
 
-def step_loop(model: nn.Module, loss_fn: Callable, batches: list[torch.Tensor], steps: int,
-              optimizer: Callable = peer_adam) -> Callable[[], int]:
+def step_loop(
+    model: nn.Module, loss_fn: Callable, batches: list[torch.Tensor], steps: int, optimizer: Callable = peer_adam
+) -> Callable[[], int]:
     """A training loop of `steps` steps (forward to the loss, backward, Adam 1e-3) over pre-made batches;
     `loss_fn(model, x, step)` gets the step for the models with schedules."""
     opt = optimizer(model.parameters())
@@ -191,10 +195,19 @@ class Product:
 
     @staticmethod
     def of(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Product:
-        kind = "linear" if isinstance(module, nn.Linear) else "conv_transpose" if isinstance(module, nn.ConvTranspose2d) else "conv"
+        kind = (
+            "linear"
+            if isinstance(module, nn.Linear)
+            else "conv_transpose"
+            if isinstance(module, nn.ConvTranspose2d)
+            else "conv"
+        )
         extra = {} if kind == "linear" else {"stride": module.stride, "padding": module.padding}
-        if kind != "linear" and (module.groups != 1 or any(d != 1 for d in module.dilation) or
-                                 (kind == "conv_transpose" and any(module.output_padding))):
+        if kind != "linear" and (
+            module.groups != 1
+            or any(d != 1 for d in module.dilation)
+            or (kind == "conv_transpose" and any(module.output_padding))
+        ):
             raise ValueError(f"{module}: only plain convolutions are timed")
         return Product(kind, tuple(x.shape), tuple(module.weight.shape), tuple(y.shape), x.requires_grad, **extra)
 
@@ -223,9 +236,12 @@ class Product:
         transposed = self.kind == "conv_transpose"
         forward = F.conv_transpose2d if transposed else F.conv2d
         mask = [self.needs_dx, True, False]
-        return [lambda: forward(x, w, None, self.stride, self.padding),
-                lambda: torch.ops.aten.convolution_backward(dy, x, w, None, self.stride, self.padding, [1, 1],
-                                                            transposed, [0, 0], 1, mask)]
+        return [
+            lambda: forward(x, w, None, self.stride, self.padding),
+            lambda: torch.ops.aten.convolution_backward(
+                dy, x, w, None, self.stride, self.padding, [1, 1], transposed, [0, 0], 1, mask
+            ),
+        ]
 
 
 def layer_products(model: nn.Module, loss_fn: Callable, x: torch.Tensor) -> list[Product]:
@@ -258,11 +274,16 @@ def bound_report(products: list[Product], rates: dict[str, list[float]], ours: s
     flops = sum(p.flops() for p in products)
     step_s = batch / statistics.median(rates[ours])
     bound_s = batch / statistics.median(rates[bound])
-    return {"layers": len(products), "timed_calls": sum(p.calls() for p in products),
-            "mflop_per_step": round(flops / 1e6, 2),
-            "aezoo_step_ms": round(1e3 * step_s, 3), "products_alone_ms": round(1e3 * bound_s, 3),
-            "aezoo_gflops": round(flops / step_s / 1e9, 2), "products_alone_gflops": round(flops / bound_s / 1e9, 2),
-            "fraction_of_bound": round(bound_s / step_s, 3)}
+    return {
+        "layers": len(products),
+        "timed_calls": sum(p.calls() for p in products),
+        "mflop_per_step": round(flops / 1e6, 2),
+        "aezoo_step_ms": round(1e3 * step_s, 3),
+        "products_alone_ms": round(1e3 * bound_s, 3),
+        "aezoo_gflops": round(flops / step_s / 1e9, 2),
+        "products_alone_gflops": round(flops / bound_s / 1e9, 2),
+        "fraction_of_bound": round(bound_s / step_s, 3),
+    }
 
 
 def matmul_peak(n: int = 2048, reps: int = 10) -> dict:
@@ -273,8 +294,11 @@ def matmul_peak(n: int = 2048, reps: int = 10) -> dict:
         t0 = time.perf_counter()
         torch.matmul(a, b, out=c)
         times.append(time.perf_counter() - t0)
-    return {"shape": [n, n, n], "gflops_median": round(2 * n**3 / statistics.median(times) / 1e9, 1),
-            "gflops_best": round(2 * n**3 / min(times) / 1e9, 1)}
+    return {
+        "shape": [n, n, n],
+        "gflops_median": round(2 * n**3 / statistics.median(times) / 1e9, 1),
+        "gflops_best": round(2 * n**3 / min(times) / 1e9, 1),
+    }
 
 
 # --- pythae wrappers around aezoo's nets -----------------------------------------------------------
@@ -313,7 +337,10 @@ def pythae_vae(ours: nn.Module, beta: float | None = None):
 
     c = ours.config
     common = {"input_dim": tuple(c.data_shape), "latent_dim": c.latent_dim, "reconstruction_loss": "bce"}
-    nets = {"encoder": PythaeEncoder(copy.deepcopy(ours.encoder)), "decoder": PythaeDecoder(copy.deepcopy(ours.decoder))}
+    nets = {
+        "encoder": PythaeEncoder(copy.deepcopy(ours.encoder)),
+        "decoder": PythaeDecoder(copy.deepcopy(ours.decoder)),
+    }
     if beta is None:
         return VAE(VAEConfig(**common), **nets)
     return BetaVAE(BetaVAEConfig(**common, beta=beta), **nets)
@@ -354,19 +381,27 @@ def vae_training(steps: int, rounds: int, trained: list) -> dict:
     theirs = pythae_vae(ours)
     prototype = copy.deepcopy(ours)
     products = layer_products(ours, aezoo_loss, batches[0])
-    rates = race({"aezoo": step_loop(ours, aezoo_loss, batches, steps, optimizer=aezoo_adam),
-                  "pythae": step_loop(theirs, pythae_loss, batches, steps),
-                  "aezoo_unfused_adam": step_loop(prototype, aezoo_loss, batches, steps, optimizer=UNFUSED),
-                  "products_alone": products_loop(products, steps, 100)}, rounds)
-    out = {"what": "forward to the loss, backward, Adam 1e-3 step; the same 50 pre-made binarised batches of 100; "
-                   "torch.optim.Adam in both, aezoo's as its engine builds it (fused=True)",
-           "aezoo_unfused_adam": "aezoo with train.fused_optimizer=false: the unfused torch.optim.Adam pythae "
-                                 "uses (~7 kernels per parameter instead of one; the last bits differ)",
-           "steps_per_round": steps, "samples_per_s": {k: rate_summary(v) for k, v in rates.items()},
-           **versus(rates, "aezoo", "pythae"),
-           "unfused_adam_vs_pythae": versus(rates, "aezoo_unfused_adam", "pythae"),
-           "bound": bound_report(products, rates, "aezoo", "products_alone", 100),
-           "bound_unfused_adam": bound_report(products, rates, "aezoo_unfused_adam", "products_alone", 100)}
+    rates = race(
+        {
+            "aezoo": step_loop(ours, aezoo_loss, batches, steps, optimizer=aezoo_adam),
+            "pythae": step_loop(theirs, pythae_loss, batches, steps),
+            "aezoo_unfused_adam": step_loop(prototype, aezoo_loss, batches, steps, optimizer=UNFUSED),
+            "products_alone": products_loop(products, steps, 100),
+        },
+        rounds,
+    )
+    out = {
+        "what": "forward to the loss, backward, Adam 1e-3 step; the same 50 pre-made binarised batches of 100; "
+        "torch.optim.Adam in both, aezoo's as its engine builds it (fused=True)",
+        "aezoo_unfused_adam": "aezoo with train.fused_optimizer=false: the unfused torch.optim.Adam pythae "
+        "uses (~7 kernels per parameter instead of one; the last bits differ)",
+        "steps_per_round": steps,
+        "samples_per_s": {k: rate_summary(v) for k, v in rates.items()},
+        **versus(rates, "aezoo", "pythae"),
+        "unfused_adam_vs_pythae": versus(rates, "aezoo_unfused_adam", "pythae"),
+        "bound": bound_report(products, rates, "aezoo", "products_alone", 100),
+        "bound_unfused_adam": bound_report(products, rates, "aezoo_unfused_adam", "products_alone", 100),
+    }
     trained.append(ours)
     return out
 
@@ -404,8 +439,14 @@ def pythae_trainer(model, data: torch.Tensor, folder: Path):
     from pythae.trainers import BaseTrainer, BaseTrainerConfig
 
     logging.getLogger("pythae").setLevel(logging.WARNING)
-    config = BaseTrainerConfig(output_dir=str(folder), per_device_train_batch_size=100, num_epochs=1,
-                               learning_rate=1e-3, optimizer_cls="Adam", no_cuda=True)
+    config = BaseTrainerConfig(
+        output_dir=str(folder),
+        per_device_train_batch_size=100,
+        num_epochs=1,
+        learning_rate=1e-3,
+        optimizer_cls="Adam",
+        no_cuda=True,
+    )
     trainer = BaseTrainer(model, BaseDataset(data, torch.zeros(len(data))), training_config=config)
     trainer.prepare_training()
     return trainer
@@ -425,15 +466,18 @@ def vae_engine(steps: int, rounds: int, folder: Path) -> dict:
 
     ours = aezoo_engine(ds, steps, folder / "aezoo")
     rates = race({"aezoo": ours, "pythae": pythae_epoch}, rounds)
-    return {"what": "aezoo Trainer.fit (configs/vae_burda2015.toml: per-step gather and Bernoulli draw, "
-                    "logging, one checkpoint at the end) against pythae BaseTrainer.train_step over one epoch "
-                    "(DataLoader, per-example __getitem__ and collate, loss.item() every step; data "
-                    "binarised once)",
-            "aezoo_optimizer": f"Adam lr={tree['train']['lr']} eps={tree['train']['eps']} "
-                               f"fused={burda_run_config(steps).train.fused_optimizer}, burda2015 schedule",
-            "pythae_optimizer": "Adam lr=1e-3 (unfused)",
-            "steps_per_round": steps, "samples_per_s": {k: rate_summary(v) for k, v in rates.items()},
-            **versus(rates, "aezoo", "pythae")}
+    return {
+        "what": "aezoo Trainer.fit (configs/vae_burda2015.toml: per-step gather and Bernoulli draw, "
+        "logging, one checkpoint at the end) against pythae BaseTrainer.train_step over one epoch "
+        "(DataLoader, per-example __getitem__ and collate, loss.item() every step; data "
+        "binarised once)",
+        "aezoo_optimizer": f"Adam lr={tree['train']['lr']} eps={tree['train']['eps']} "
+        f"fused={burda_run_config(steps).train.fused_optimizer}, burda2015 schedule",
+        "pythae_optimizer": "Adam lr=1e-3 (unfused)",
+        "steps_per_round": steps,
+        "samples_per_s": {k: rate_summary(v) for k, v in rates.items()},
+        **versus(rates, "aezoo", "pythae"),
+    }
 
 
 def test_subset(n: int) -> torch.Tensor:
@@ -471,19 +515,31 @@ def vae_eval(trained: nn.Module, n: int, k: int, rounds: int) -> dict:
 
         return run
 
-    rates = race({"aezoo": contender("aezoo", aezoo_nll, trained), "pythae": contender("pythae", pythae_nll, theirs),
-                  "aezoo_nll_batch_1000": contender("aezoo_nll_batch_1000", functools.partial(aezoo_nll, chunk=1000), trained)},
-                 rounds, warm_up=False)
-    return {"what": f"IWAE -log p(x), k={k}, first {n} test images binarised once; the same weights in both "
-                    f"(the aezoo model after the training rounds); aezoo nll_iwae batched as `aezoo eval` "
-                    f"(batch {EvalConfig().batch_size}, {EvalConfig().nll_batch} decodes a chunk), pythae "
-                    f"get_nll(n_samples={k}, batch_size={k}), both under no_grad; aezoo_nll_batch_1000: aezoo with "
-                    f"eval.nll_batch=1000 (the same random draws, so the same NLL; smaller chunks stay in cache)",
-            "examples": n, "k": k, "examples_per_s": {k_: rate_summary(v) for k_, v in rates.items()},
-            **versus(rates, "aezoo", "pythae"),
-            "nll_batch_1000_vs_pythae": versus(rates, "aezoo_nll_batch_1000", "pythae"),
-            "nll_nats": {name: {"mean": round(statistics.fmean(v), 3), "per_round": v} for name, v in nlls.items()},
-            "nll_difference_nats": round(statistics.fmean(nlls["aezoo"]) - statistics.fmean(nlls["pythae"]), 3)}
+    rates = race(
+        {
+            "aezoo": contender("aezoo", aezoo_nll, trained),
+            "pythae": contender("pythae", pythae_nll, theirs),
+            "aezoo_nll_batch_1000": contender(
+                "aezoo_nll_batch_1000", functools.partial(aezoo_nll, chunk=1000), trained
+            ),
+        },
+        rounds,
+        warm_up=False,
+    )
+    return {
+        "what": f"IWAE -log p(x), k={k}, first {n} test images binarised once; the same weights in both "
+        f"(the aezoo model after the training rounds); aezoo nll_iwae batched as `aezoo eval` "
+        f"(batch {EvalConfig().batch_size}, {EvalConfig().nll_batch} decodes a chunk), pythae "
+        f"get_nll(n_samples={k}, batch_size={k}), both under no_grad; aezoo_nll_batch_1000: aezoo with "
+        f"eval.nll_batch=1000 (the same random draws, so the same NLL; smaller chunks stay in cache)",
+        "examples": n,
+        "k": k,
+        "examples_per_s": {k_: rate_summary(v) for k_, v in rates.items()},
+        **versus(rates, "aezoo", "pythae"),
+        "nll_batch_1000_vs_pythae": versus(rates, "aezoo_nll_batch_1000", "pythae"),
+        "nll_nats": {name: {"mean": round(statistics.fmean(v), 3), "per_round": v} for name, v in nlls.items()},
+        "nll_difference_nats": round(statistics.fmean(nlls["aezoo"]) - statistics.fmean(nlls["pythae"]), 3),
+    }
 
 
 # --- 3: peak memory, one fresh process per measurement ---------------------------------------------
@@ -535,14 +591,20 @@ def memory(folder: Path) -> dict:
     cache = folder / "mnist_uint8.pt"
     torch.save({"train": ds.x["train"], "test": ds.x["test"]}, cache)  # probes skip the loader's own peak
     steps = len(ds.x["train"]) // 100
-    out = {"what": "peak resident size (VmHWM) of a fresh process per line; rss_before_mb: resident size once imports, data "
-                   "(the train+val split as uint8; pythae's own float copy for its trainer) and model were "
-                   "ready. engine: one epoch of the train+val split (600 steps, batch 100); nll: 100 test "
-                   "images at k=1000",
-           "epoch_steps": steps}
+    out = {
+        "what": "peak resident size (VmHWM) of a fresh process per line; rss_before_mb: resident size once "
+        "imports, data (the train+val split as uint8; pythae's own float copy for its trainer) and model were "
+        "ready. engine: one epoch of the train+val split (600 steps, batch 100); nll: 100 test "
+        "images at k=1000",
+        "epoch_steps": steps,
+    }
     for what in ("engine_aezoo", "engine_pythae", "nll_aezoo", "nll_pythae"):
-        res = subprocess.run([sys.executable, __file__, "--probe", what, "--probe-cache", str(cache), "--steps", str(steps)],
-                             capture_output=True, text=True, check=True)
+        res = subprocess.run(
+            [sys.executable, __file__, "--probe", what, "--probe-cache", str(cache), "--steps", str(steps)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         out[what] = json.loads(res.stdout.strip().splitlines()[-1])
         print(what, out[what], flush=True)
     return out
@@ -551,23 +613,40 @@ def memory(folder: Path) -> dict:
 # --- 5: the other models ---------------------------------------------------------------------------
 
 
-def model_race(ours: nn.Module, theirs: nn.Module, their_loss: Callable, batches: list[torch.Tensor], steps: int,
-               rounds: int, what: str, extra_products: tuple[Product, ...] = ()) -> dict:
+def model_race(
+    ours: nn.Module,
+    theirs: nn.Module,
+    their_loss: Callable,
+    batches: list[torch.Tensor],
+    steps: int,
+    rounds: int,
+    what: str,
+    extra_products: tuple[Product, ...] = (),
+) -> dict:
     """aezoo's model step against a peer's on the same batches, with the bound of aezoo's products (its
     layers', and `extra_products` made by the loss itself)."""
     products = layer_products(ours, aezoo_loss, batches[0]) + list(extra_products)
     batch = len(batches[0])
     unfused = copy.deepcopy(ours)
-    rates = race({"aezoo": step_loop(ours, aezoo_loss, batches, steps, aezoo_adam),
-                  "peer": step_loop(theirs, their_loss, batches, steps),
-                  "aezoo_unfused_adam": step_loop(unfused, aezoo_loss, batches, steps,
-                                                  UNFUSED),
-                  "products_alone": products_loop(products, steps, batch)}, rounds)
-    return {"what": what, "batch": batch, "steps_per_round": steps,
-            "samples_per_s": {k: rate_summary(v) for k, v in rates.items()},
-            **versus(rates, "aezoo", "peer"), "unfused_adam_vs_peer": versus(rates, "aezoo_unfused_adam", "peer"),
-            "bound": bound_report(products, rates, "aezoo", "products_alone", batch),
-            "bound_unfused_adam": bound_report(products, rates, "aezoo_unfused_adam", "products_alone", batch)}
+    rates = race(
+        {
+            "aezoo": step_loop(ours, aezoo_loss, batches, steps, aezoo_adam),
+            "peer": step_loop(theirs, their_loss, batches, steps),
+            "aezoo_unfused_adam": step_loop(unfused, aezoo_loss, batches, steps, UNFUSED),
+            "products_alone": products_loop(products, steps, batch),
+        },
+        rounds,
+    )
+    return {
+        "what": what,
+        "batch": batch,
+        "steps_per_round": steps,
+        "samples_per_s": {k: rate_summary(v) for k, v in rates.items()},
+        **versus(rates, "aezoo", "peer"),
+        "unfused_adam_vs_peer": versus(rates, "aezoo_unfused_adam", "peer"),
+        "bound": bound_report(products, rates, "aezoo", "products_alone", batch),
+        "bound_unfused_adam": bound_report(products, rates, "aezoo_unfused_adam", "products_alone", batch),
+    }
 
 
 def beta_vae(steps: int, rounds: int) -> dict:
@@ -579,10 +658,17 @@ def beta_vae(steps: int, rounds: int) -> dict:
     ours = aezoo.build("beta_vae")
     theirs = pythae_vae(ours, beta=ours.config.beta)
     c = ours.config
-    return model_race(ours, theirs, pythae_loss, batches, steps, rounds,
-                     f"aezoo beta_vae defaults (conv {list(c.channels)} 4x4 stride 2, fc {list(c.hidden)}, "
-                     f"{c.latent_dim} latents, Bernoulli, beta={c.beta}) against pythae BetaVAE on copies of "
-                     f"the same nets; dSprites 64x64, batch 64, Adam 1e-3, pre-made batches")
+    return model_race(
+        ours,
+        theirs,
+        pythae_loss,
+        batches,
+        steps,
+        rounds,
+        f"aezoo beta_vae defaults (conv {list(c.channels)} 4x4 stride 2, fc {list(c.hidden)}, "
+        f"{c.latent_dim} latents, Bernoulli, beta={c.beta}) against pythae BetaVAE on copies of "
+        f"the same nets; dSprites 64x64, batch 64, Adam 1e-3, pre-made batches",
+    )
 
 
 def vqvae(steps: int, rounds: int) -> dict:
@@ -593,15 +679,31 @@ def vqvae(steps: int, rounds: int) -> dict:
     torch.manual_seed(0)
     ours = aezoo.build("vqvae", data_shape=(1, 28, 28), likelihood="gaussian")
     c = ours.config
-    config = VQVAEConfig(input_dim=(1, 28, 28), latent_dim=c.code_dim, num_embeddings=c.codebook_size,
-                         commitment_loss_factor=c.beta, use_ema=c.codebook_update == "ema", decay=c.ema_decay)
-    theirs = VQVAE(config, encoder=PythaeEncoder(copy.deepcopy(ours.encoder), gaussian=False),
-                   decoder=PythaeDecoder(copy.deepcopy(ours.decoder), sigmoid=False))
-    return model_race(ours, theirs, pythae_loss, batches, steps, rounds,
-                     f"aezoo vqvae defaults (hidden {c.hidden}, {c.residual_layers} residual blocks, K={c.codebook_size}, "
-                     f"D={c.code_dim}, {c.codebook_update} codebook, dead-code restart after {c.restart_after}) with a "
-                     f"Gaussian likelihood (squared error, as pythae's) against pythae VQVAE (EMA) on copies of the "
-                     f"same nets; MNIST 28x28, batch 100, Adam 1e-3, pre-made batches")
+    config = VQVAEConfig(
+        input_dim=(1, 28, 28),
+        latent_dim=c.code_dim,
+        num_embeddings=c.codebook_size,
+        commitment_loss_factor=c.beta,
+        use_ema=c.codebook_update == "ema",
+        decay=c.ema_decay,
+    )
+    theirs = VQVAE(
+        config,
+        encoder=PythaeEncoder(copy.deepcopy(ours.encoder), gaussian=False),
+        decoder=PythaeDecoder(copy.deepcopy(ours.decoder), sigmoid=False),
+    )
+    return model_race(
+        ours,
+        theirs,
+        pythae_loss,
+        batches,
+        steps,
+        rounds,
+        f"aezoo vqvae defaults (hidden {c.hidden}, {c.residual_layers} residual blocks, K={c.codebook_size}, "
+        f"D={c.code_dim}, {c.codebook_update} codebook, dead-code restart after {c.restart_after}) with a "
+        f"Gaussian likelihood (squared error, as pythae's) against pythae VQVAE (EMA) on copies of the "
+        f"same nets; MNIST 28x28, batch 100, Adam 1e-3, pre-made batches",
+    )
 
 
 def autoencoders_loss(model, x, step=0):
@@ -616,15 +718,28 @@ def autoencoders_model(name: str):
     if name == "cae":  # its penalty: one backward pass per code unit
         cls, config = cae.ContractiveAutoencoderModel, cae.ContractiveAutoencoderConfig(contractive_weight=0.1)
     elif name == "dae":
-        cls, config = dae.DenoisingAutoencoderModel, dae.DenoisingAutoencoderConfig(noise_type="masking", masking_ratio=0.25)
+        cls, config = (
+            dae.DenoisingAutoencoderModel,
+            dae.DenoisingAutoencoderConfig(noise_type="masking", masking_ratio=0.25),
+        )
     elif name == "sparse_ae":
-        cls, config = klsae.KLSparseAutoencoderModel, klsae.KLSparseAutoencoderConfig(sparsity_weight=3.0, target_activation=0.05)
+        cls, config = (
+            klsae.KLSparseAutoencoderModel,
+            klsae.KLSparseAutoencoderConfig(sparsity_weight=3.0, target_activation=0.05),
+        )
     else:
         # top-k needs latent_dim, which adds a 100 -> 100 projection on each side (2% more FLOPs)
-        cls, config = topksae.TopKSparseAutoencoderModel, topksae.TopKSparseAutoencoderConfig(topk=25, latent_dim=PEER_MLP["latent_dim"])
+        cls, config = (
+            topksae.TopKSparseAutoencoderModel,
+            topksae.TopKSparseAutoencoderConfig(topk=25, latent_dim=PEER_MLP["latent_dim"]),
+        )
     config.reconstruction_loss = "mse"
-    return cls(config, sample_spec=TensorSpec(shape=(784,)), encoder="mlp",
-               encoder_config={"hidden_dims": [PEER_MLP["hidden"][0], PEER_MLP["latent_dim"]], "activation": "tanh"})
+    return cls(
+        config,
+        sample_spec=TensorSpec(shape=(784,)),
+        encoder="mlp",
+        encoder_config={"hidden_dims": [PEER_MLP["hidden"][0], PEER_MLP["latent_dim"]], "activation": "tanh"},
+    )
 
 
 # label: (aezoo model, its config). `autoencoders` masks each pixel independently (its masking_ratio is a
@@ -647,14 +762,24 @@ def regularised(label: str, steps: int, rounds: int) -> dict:
     ours = aezoo.build(name, data_shape=(1, 28, 28), **PEER_MLP, **config)
     theirs = autoencoders_model(name)
     n_ours, n_theirs = (sum(p.numel() for p in m.parameters()) for m in (ours, theirs))
-    res = model_race(ours, theirs, autoencoders_loss, batches, steps, rounds,
-                    f"784-500(tanh)-100 code, decoder 100-500(tanh)-784, squared error, batch 100, Adam 1e-3, "
-                    f"pre-made MNIST batches; aezoo {config} against autoencoders "
-                    f"{type(theirs).__name__}", gram_products(ours) if name == "cae" else ())
+    res = model_race(
+        ours,
+        theirs,
+        autoencoders_loss,
+        batches,
+        steps,
+        rounds,
+        f"784-500(tanh)-100 code, decoder 100-500(tanh)-784, squared error, batch 100, Adam 1e-3, "
+        f"pre-made MNIST batches; aezoo {config} against autoencoders "
+        f"{type(theirs).__name__}",
+        gram_products(ours) if name == "cae" else (),
+    )
     res["parameters"] = {"aezoo": n_ours, "peer": n_theirs}
     if name == "cae":
-        res["bound_includes"] = ("the exact two-layer penalty's Gram products W1 W1^T (500x784 by 784x500) and "
-                                 "W2^T W2 (500x100 by 100x500), each forward and its one backward product (G + G^T) W")
+        res["bound_includes"] = (
+            "the exact two-layer penalty's Gram products W1 W1^T (500x784 by 784x500) and "
+            "W2^T W2 (500x100 by 100x500), each forward and its one backward product (G + G^T) W"
+        )
     return res
 
 
@@ -664,8 +789,10 @@ def gram_products(cae) -> tuple[Product, ...]:
     forward and weight gradient."""
     w1, w2 = cae.encoder.head[0].weight, cae.encoder.out.weight
     h = w1.shape[0]
-    return (Product("linear", tuple(w1.shape), tuple(w1.shape), (h, h), False),
-            Product("linear", tuple(w2.T.shape), tuple(w2.T.shape), (h, h), False))
+    return (
+        Product("linear", tuple(w1.shape), tuple(w1.shape), (h, h), False),
+        Product("linear", tuple(w2.T.shape), tuple(w2.T.shape), (h, h), False),
+    )
 
 
 # --- 6: threads ------------------------------------------------------------------------------------
@@ -678,12 +805,21 @@ def default_threads(steps: int, rounds: int) -> dict:
     theirs = pythae_vae(ours)
     torch.set_num_threads(DEFAULT_THREADS)
     try:
-        rates = race({"aezoo": step_loop(ours, aezoo_loss, batches, steps, optimizer=aezoo_adam),
-                      "pythae": step_loop(theirs, pythae_loss, batches, steps)}, rounds)
+        rates = race(
+            {
+                "aezoo": step_loop(ours, aezoo_loss, batches, steps, optimizer=aezoo_adam),
+                "pythae": step_loop(theirs, pythae_loss, batches, steps),
+            },
+            rounds,
+        )
     finally:
         torch.set_num_threads(ARGS.threads)
-    return {"threads": DEFAULT_THREADS, "steps_per_round": steps,
-            "samples_per_s": {k: rate_summary(v) for k, v in rates.items()}, **versus(rates, "aezoo", "pythae")}
+    return {
+        "threads": DEFAULT_THREADS,
+        "steps_per_round": steps,
+        "samples_per_s": {k: rate_summary(v) for k, v in rates.items()},
+        **versus(rates, "aezoo", "pythae"),
+    }
 
 
 # --- main ------------------------------------------------------------------------------------------
@@ -727,10 +863,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     budget = {k: v for k, v in vars(args).items() if not k.startswith("probe")}
-    result = {"command": "python bench/peers.py " + " ".join(sys.argv[1:]), "budget": budget, "threads": args.threads,
-              "default_threads": DEFAULT_THREADS, "gpu": "none on this machine: CPU figures only",
-              "versions": {name: installed(name) for name in ("torch", "pythae", "autoencoders")},
-              "registry": sorted(MODELS), "matmul_peak": matmul_peak()}
+    result = {
+        "command": "python bench/peers.py " + " ".join(sys.argv[1:]),
+        "budget": budget,
+        "threads": args.threads,
+        "default_threads": DEFAULT_THREADS,
+        "gpu": "none on this machine: CPU figures only",
+        "versions": {name: installed(name) for name in ("torch", "pythae", "autoencoders")},
+        "registry": sorted(MODELS),
+        "matmul_peak": matmul_peak(),
+    }
     print(result, flush=True)
     if pythae is None:
         raise SystemExit("pythae is not installed: pip install -e '.[bench]'")
@@ -740,12 +882,18 @@ def main() -> None:
         trained = []
         result["vae"]["model_step"] = timed("vae model step", lambda: vae_training(args.steps, args.rounds, trained))
         result["vae"]["engine"] = timed("vae engine", lambda: vae_engine(args.steps, args.rounds, folder))
-        result["vae"]["eval"] = timed("vae eval", lambda: vae_eval(trained[0], args.nll_examples, args.nll_k, args.nll_rounds))
+        result["vae"]["eval"] = timed(
+            "vae eval", lambda: vae_eval(trained[0], args.nll_examples, args.nll_k, args.nll_rounds)
+        )
         result["vae"]["memory"] = timed("vae memory", lambda: memory(folder))
-        result["vae"]["default_threads_model_step"] = timed("default threads", lambda: default_threads(args.steps // 4, 3))
+        result["vae"]["default_threads_model_step"] = timed(
+            "default threads", lambda: default_threads(args.steps // 4, 3)
+        )
         others = {}
-        for name, fn in (("beta_vae", lambda: beta_vae(args.conv_steps, args.rounds)),
-                         ("vqvae", lambda: vqvae(args.conv_steps, args.rounds))):
+        for name, fn in (
+            ("beta_vae", lambda: beta_vae(args.conv_steps, args.rounds)),
+            ("vqvae", lambda: vqvae(args.conv_steps, args.rounds)),
+        ):
             others[name] = timed(name, fn) if name in MODELS else {"skipped": f"no {name} in the registry"}
         for label in AEZOO_REGULARISED:
             if autoencoders is None:

@@ -38,18 +38,17 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import write_result  # noqa: E402
-
 import aezoo  # noqa: E402
 from aezoo import losses
-from aezoo.evaluation import features as probes  # noqa: E402
 from aezoo.config import DataConfig, make_run_config  # noqa: E402
 from aezoo.data import Batches, load_dataset  # noqa: E402
 from aezoo.evaluation import evaluate  # noqa: E402
-from aezoo.runfolder import load_run  # noqa: E402
+from aezoo.evaluation import features as probes  # noqa: E402
 from aezoo.plots import save_image_grid  # noqa: E402
 from aezoo.registry import entry  # noqa: E402
+from aezoo.runfolder import load_run  # noqa: E402
 from aezoo.train import train  # noqa: E402
+from common import write_result  # noqa: E402
 
 ROOT = Path(__file__).parent
 PAPERS = {"cae": 1.14, "dae": 1.18, "dae_stacked": 1.28}  # % test error on MNIST, with their classifiers
@@ -61,13 +60,30 @@ def runs(steps: int) -> dict[str, tuple[str, dict]]:
     return {
         "ae": ("ae", {**ONE_LAYER, "code_activation": "sigmoid"}),
         "dae": ("dae", {**ONE_LAYER, "corruption": "mask", "fraction": 0.25}),
-        "dae_stacked": ("dae", {"hidden": [1000, 1000], "latent_dim": 1000, "corruption": "mask", "fraction": 0.25,
-                                "pretrain_steps": steps // 6}),
+        "dae_stacked": (
+            "dae",
+            {
+                "hidden": [1000, 1000],
+                "latent_dim": 1000,
+                "corruption": "mask",
+                "fraction": 0.25,
+                "pretrain_steps": steps // 6,
+            },
+        ),
         "sparse_ae": ("sparse_ae", {**ONE_LAYER, "rho": 0.05, "beta": 3.0}),
-        "ksparse_ae": ("ksparse_ae", {**ONE_LAYER, "k": 25, "alpha": 3.0, "k_start": 100, "k_schedule_steps": steps // 2}),
+        "ksparse_ae": (
+            "ksparse_ae",
+            {**ONE_LAYER, "k": 25, "alpha": 3.0, "k_start": 100, "k_schedule_steps": steps // 2},
+        ),
         "cae": ("cae", {**ONE_LAYER, "contractive_weight": 0.1}),
-        "ksparse_ae_k10": ("ksparse_ae", {**ONE_LAYER, "k": 10, "alpha": 3.0, "k_start": 100, "k_schedule_steps": steps // 2}),
-        "ksparse_ae_k70": ("ksparse_ae", {**ONE_LAYER, "k": 70, "alpha": 3.0, "k_start": 100, "k_schedule_steps": steps // 2}),
+        "ksparse_ae_k10": (
+            "ksparse_ae",
+            {**ONE_LAYER, "k": 10, "alpha": 3.0, "k_start": 100, "k_schedule_steps": steps // 2},
+        ),
+        "ksparse_ae_k70": (
+            "ksparse_ae",
+            {**ONE_LAYER, "k": 70, "alpha": 3.0, "k_start": 100, "k_schedule_steps": steps // 2},
+        ),
     }
 
 
@@ -78,18 +94,27 @@ def features(out: Path, epochs: int) -> dict:
         run = out / name
         t0 = time.perf_counter()
         if not (run / "model.safetensors").exists():
-            tree = {"model": cfg, "train": {"steps": steps, "batch_size": 100, "lr": 1e-3, "progress": False},
-                    "eval": {"probe_train": 0}}
+            tree = {
+                "model": cfg,
+                "train": {"steps": steps, "batch_size": 100, "lr": 1e-3, "progress": False},
+                "eval": {"probe_train": 0},
+            }
             train(make_run_config(model, entry(model).config_class, tree), run)
         train_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         res = json.loads((run / "eval.json").read_text()) if (run / "eval.json").exists() else evaluate(run)
-        row = {"model": model, "config": cfg, "steps": steps, "train_wall_s": round(train_s, 1),
-               "eval_wall_s": round(time.perf_counter() - t0, 1),
-               "linear_probe_error_pct": round(100 * (1 - res["probe_linear_acc"]), 2),
-               "knn_error_pct": round(100 * (1 - res["probe_knn_acc"]), 2),
-               "recon_mse": round(res["recon_mse"], 3), "recon_bce": round(res["recon_bce"], 2),
-               "train_samples_per_s": round(res.get("train_samples_per_s", 0.0))}
+        row = {
+            "model": model,
+            "config": cfg,
+            "steps": steps,
+            "train_wall_s": round(train_s, 1),
+            "eval_wall_s": round(time.perf_counter() - t0, 1),
+            "linear_probe_error_pct": round(100 * (1 - res["probe_linear_acc"]), 2),
+            "knn_error_pct": round(100 * (1 - res["probe_knn_acc"]), 2),
+            "recon_mse": round(res["recon_mse"], 3),
+            "recon_bce": round(res["recon_bce"], 2),
+            "train_samples_per_s": round(res.get("train_samples_per_s", 0.0)),
+        }
         if name in PAPERS:
             row["paper_error_pct"] = PAPERS[name]
         for key in ("denoise_psnr", "corrupted_psnr", "mean_activation"):
@@ -99,7 +124,11 @@ def features(out: Path, epochs: int) -> dict:
         print(name, row, flush=True)
         if model == "ksparse_ae":  # decoder filters (columns of W'), as figure 5 of the survey
             m = load_run(run, device="cpu")[0]
-            save_image_grid(m.visuals(torch.zeros(8, 1, 28, 28))["decoder_filters"][:48], ROOT / f"regularised_filters_{name}.png", nrow=12)
+            save_image_grid(
+                m.visuals(torch.zeros(8, 1, 28, 28))["decoder_filters"][:48],
+                ROOT / f"regularised_filters_{name}.png",
+                nrow=12,
+            )
     table["pixels"] = pixel_probes()
     print("pixels", table["pixels"], flush=True)
     return table
@@ -129,9 +158,12 @@ def peer_model(weight: float):
         return None
     import autoencoders
 
-    model = ContractiveAutoencoderModel(ContractiveAutoencoderConfig(contractive_weight=weight, reconstruction_loss="mse"),
-                                       sample_spec=TensorSpec(shape=(784,)), encoder="mlp",
-                                       encoder_config={"hidden_dims": [500, 64], "activation": "tanh"})
+    model = ContractiveAutoencoderModel(
+        ContractiveAutoencoderConfig(contractive_weight=weight, reconstruction_loss="mse"),
+        sample_spec=TensorSpec(shape=(784,)),
+        encoder="mlp",
+        encoder_config={"hidden_dims": [500, 64], "activation": "tanh"},
+    )
     model.version = getattr(autoencoders, "__version__", "?")
     return model
 
@@ -166,8 +198,10 @@ def contractive_speed(rounds: int, steps: int) -> dict:
         copy_peer_encoder(peer, ours)
         x = data[0]
         with torch.no_grad():
-            check = {"aezoo_two_layer": float(ours.contraction(x, ours.layers(x)).mean()),
-                     "aezoo_jacobian": float(losses.contractive_jacobian(ours.code, x, 64).mean())}
+            check = {
+                "aezoo_two_layer": float(ours.contraction(x, ours.layers(x)).mean()),
+                "aezoo_jacobian": float(losses.contractive_jacobian(ours.code, x, 64).mean()),
+            }
         check["autoencoders_loop"] = float(peer(x.flatten(1)).contractive_loss.detach())  # it needs gradients
     optimisers = {name: torch.optim.Adam(m.parameters(), lr=1e-3) for name, (m, _) in contenders.items()}
     times = {name: [] for name in contenders}
@@ -182,9 +216,14 @@ def contractive_speed(rounds: int, steps: int) -> dict:
             if r:
                 times[name].append((time.perf_counter() - t0) / len(data))
     ms = {name: round(1000 * statistics.median(t), 3) for name, t in times.items()}
-    out = {"step_ms_median": ms, "rounds": rounds, "steps_per_round": steps, "batch_size": 100,
-           "network": "784-500(tanh)-64 linear code, decoder 64-500(tanh)-784, squared error, Adam",
-           "penalty_check_same_weights": check}
+    out = {
+        "step_ms_median": ms,
+        "rounds": rounds,
+        "steps_per_round": steps,
+        "batch_size": 100,
+        "network": "784-500(tanh)-64 linear code, decoder 64-500(tanh)-784, squared error, Adam",
+        "penalty_check_same_weights": check,
+    }
     if peer is None:
         out["autoencoders"] = "not installed: `pip install autoencoders` to time ContractiveAutoencoderModel"
     else:
@@ -206,11 +245,19 @@ def main() -> None:
     t0 = time.perf_counter()
     speed = contractive_speed(args.rounds, args.speed_steps)
     print("contractive speed", json.dumps(speed, indent=1), flush=True)
-    result = {"budget": {"epochs": args.epochs, "steps_per_model": args.epochs * 500, "batch_size": 100,
-                         "optimizer": "adam 1e-3", "probe_train": "all 50,000 training codes",
-                         "probe_test": "10,000 test images", "speed_rounds": args.rounds,
-                         "speed_steps_per_round": args.speed_steps},
-              "contractive_speed": speed}
+    result = {
+        "budget": {
+            "epochs": args.epochs,
+            "steps_per_model": args.epochs * 500,
+            "batch_size": 100,
+            "optimizer": "adam 1e-3",
+            "probe_train": "all 50,000 training codes",
+            "probe_test": "10,000 test images",
+            "speed_rounds": args.rounds,
+            "speed_steps_per_round": args.speed_steps,
+        },
+        "contractive_speed": speed,
+    }
     if not args.skip_features:
         result["features"] = features(out, args.epochs)
     result["wall_s"] = round(time.perf_counter() - t0, 1)

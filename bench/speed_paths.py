@@ -36,14 +36,14 @@ import torch
 ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))
-from common import write_result
-from peers import BURDA, burda_vae, mnist, test_subset
 from test_speed_paths import old_fraction_mask, old_log_weights, old_prepare
 
 from aezoo.data import Batches
 from aezoo.data.base import mix_seed
 from aezoo.models.ae import reconstruction_error
 from aezoo.models.regularised import fraction_mask
+from common import write_result
+from peers import BURDA, burda_vae, mnist, test_subset
 
 
 def pair(fns: dict[str, Callable[[], object]], calls: int, rounds: int) -> dict:

@@ -25,17 +25,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import write_result
-
 from aezoo.config import make_run_config
-from aezoo.data import Batches
-from aezoo.data import EVAL_SEED
+from aezoo.data import EVAL_SEED, Batches
 from aezoo.evaluation import evaluate
-from aezoo.runfolder import load_run
 from aezoo.models.tdvae import TDVAEConfig
 from aezoo.report import write_report
+from aezoo.runfolder import load_run
 from aezoo.train import train
 from aezoo.visualise import write_plots
+from common import write_result
 
 RUNS = {
     "moving_mnist": {"data": {"name": "moving_mnist"}, "model": {}, "steps": 8_000},

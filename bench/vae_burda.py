@@ -22,12 +22,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import write_result  # noqa: E402
-
 from aezoo.config import make_run_config, merge, parse_overrides, read_config_file  # noqa: E402
-from aezoo.runfolder import load_run  # noqa: E402
 from aezoo.registry import entry  # noqa: E402
+from aezoo.runfolder import load_run  # noqa: E402
 from aezoo.train import resume, train  # noqa: E402
+from common import write_result  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
 

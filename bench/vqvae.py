@@ -38,16 +38,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import write_result
-
 import aezoo
 from aezoo.config import make_run_config
 from aezoo.evaluation import evaluate
-from aezoo.train_prior import train_prior
 from aezoo.registry import entry
 from aezoo.report import write_report
 from aezoo.train import train
+from aezoo.train_prior import train_prior
 from aezoo.visualise import write_plots
+from common import write_result
 
 HERE = Path(__file__).parent
 VARIANTS = {
@@ -103,17 +102,29 @@ def main() -> None:
     started = time.perf_counter()
     results = {name: run_variant(name, cfg, out / name.replace("+", "_"), args) for name, cfg in VARIANTS.items()}
     best = out / "ema_restart" / "plots"
-    for plot, target in (("prior_samples.png", "vqvae_samples.png"), ("codebook_usage.png", "vqvae_codebook_usage.png")):
+    for plot, target in (
+        ("prior_samples.png", "vqvae_samples.png"),
+        ("codebook_usage.png", "vqvae_codebook_usage.png"),
+    ):
         if (best / plot).exists():
             shutil.copy(best / plot, HERE / target)
-    write_result(__file__, {
-        "budget": {"dataset": "mnist (50k train, 10k test, 8-bit grey)", "stage1_steps": args.steps, "batch_size": 100,
-                   "prior_steps": args.prior_steps, "prior_batch_size": 100, "threads": args.threads},
-        "model": "vqvae defaults: hidden 64, residual 32 x 2, K=512, D=64, beta=0.25, logistic likelihood, 7x7 codes; "
-                 "prior: pixelcnn defaults (32 channels, 8 gated layers, 3x3, head 256)",
-        "variants": results,
-        "wall_time_s": round(time.perf_counter() - started, 1),
-    })
+    write_result(
+        __file__,
+        {
+            "budget": {
+                "dataset": "mnist (50k train, 10k test, 8-bit grey)",
+                "stage1_steps": args.steps,
+                "batch_size": 100,
+                "prior_steps": args.prior_steps,
+                "prior_batch_size": 100,
+                "threads": args.threads,
+            },
+            "model": "vqvae defaults: hidden 64, residual 32 x 2, K=512, D=64, beta=0.25, logistic likelihood, "
+            "7x7 codes; prior: pixelcnn defaults (32 channels, 8 gated layers, 3x3, head 256)",
+            "variants": results,
+            "wall_time_s": round(time.perf_counter() - started, 1),
+        },
+    )
 
 
 if __name__ == "__main__":

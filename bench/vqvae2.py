@@ -32,15 +32,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import write_result
-
 from aezoo.config import make_run_config
 from aezoo.evaluation import evaluate
-from aezoo.runfolder import load_run
 from aezoo.plots import save_image_grid
-from aezoo.train_prior import train_prior
 from aezoo.registry import entry
+from aezoo.runfolder import load_run
 from aezoo.train import train
+from aezoo.train_prior import train_prior
+from common import write_result
 
 HERE = Path(__file__).parent
 KEYS = ("recon_mse", "recon_mse_top_only", "psnr", "bits_per_dim", "prior_nll", "decoder_nll",
@@ -74,7 +73,11 @@ def main() -> None:
     if not (run / "model.safetensors").exists():
         timed("stage1", lambda: train(cfg, run))
     if not (run / "prior" / "model.safetensors").exists():
-        overrides = [f"train.batch_size={args.batch_size}", f"train.val_every={args.prior_steps}", "train.progress=false"]
+        overrides = [
+            f"train.batch_size={args.batch_size}",
+            f"train.val_every={args.prior_steps}",
+            "train.progress=false",
+        ]
         timed("prior", lambda: train_prior(run, overrides=overrides, steps=args.prior_steps))
     ev = {}
     timed("eval", lambda: ev.update(evaluate(run)))
@@ -88,14 +91,20 @@ def main() -> None:
     with torch.no_grad():
         torch.manual_seed(0)
         top, bottom = model.codes(x)
-        subset = {"recon_mse": mse(model.decode_codes([top, bottom])),
-                  "recon_mse_top_only_mean_fill": mse(model.reconstruct_top_only(x, "mean")),
-                  "recon_mse_top_only_zero_fill": mse(model.reconstruct_top_only(x, "zero")),
-                  "recon_mse_top_only_prior_fill": mse(model.reconstruct_top_only(x, "prior")),
-                  # the decoder's own use of the top map: bottom codes kept, top codes of another image
-                  "recon_mse_top_codes_of_another_image": mse(model.decode_codes([top.roll(1, 0), bottom]))}
-        rows = [x[:16], model.reconstruct(x[:16]), model.reconstruct_top_only(x[:16]),
-                model.reconstruct_top_only(x[:16], "prior")]  # originals, both levels, top only (mean, prior fill)
+        subset = {
+            "recon_mse": mse(model.decode_codes([top, bottom])),
+            "recon_mse_top_only_mean_fill": mse(model.reconstruct_top_only(x, "mean")),
+            "recon_mse_top_only_zero_fill": mse(model.reconstruct_top_only(x, "zero")),
+            "recon_mse_top_only_prior_fill": mse(model.reconstruct_top_only(x, "prior")),
+            # the decoder's own use of the top map: bottom codes kept, top codes of another image
+            "recon_mse_top_codes_of_another_image": mse(model.decode_codes([top.roll(1, 0), bottom])),
+        }
+        rows = [
+            x[:16],
+            model.reconstruct(x[:16]),
+            model.reconstruct_top_only(x[:16]),
+            model.reconstruct_top_only(x[:16], "prior"),
+        ]  # originals, both levels, top only (mean, prior fill)
         save_image_grid(torch.cat(rows).clamp(0, 1), HERE / "vqvae2_reconstructions.png", nrow=16)
         torch.manual_seed(0)
         t4 = time.perf_counter()
@@ -104,9 +113,14 @@ def main() -> None:
     save_image_grid(samples.clamp(0, 1), HERE / "vqvae2_samples.png", nrow=8)
 
     result = {
-        "budget": {"stage1_steps": args.steps, "prior_steps": args.prior_steps, "batch_size": args.batch_size,
-                   "data": "mnist (28x28, padded to 32x32 inside the model)", "eval_split": ev["split"],
-                   "threads": args.threads},
+        "budget": {
+            "stage1_steps": args.steps,
+            "prior_steps": args.prior_steps,
+            "batch_size": args.batch_size,
+            "data": "mnist (28x28, padded to 32x32 inside the model)",
+            "eval_split": ev["split"],
+            "threads": args.threads,
+        },
         "model": {k: v for k, v in json.loads((run / "config.json").read_text())["model"].items() if k != "data_shape"},
         "prior": json.loads((run / "prior" / "config.json").read_text())["model"],
         **{k: ev[k] for k in KEYS if k in ev},
@@ -114,8 +128,8 @@ def main() -> None:
         "codebook_usage_by_level": dict(zip(("top", "bottom"), ev["codebook_usage"])),
         "codebook_perplexity_by_level": dict(zip(("top", "bottom"), ev["codebook_perplexity"])),
         "recon_note": "squared error summed over 784 pixels, mean over the images. top_only (mean fill): bottom map "
-                      "replaced by the EMA-count-weighted mean bottom code; zero fill: by zero vectors; prior fill: "
-                      "bottom codes drawn from the bottom prior given the image's top codes (temperature 1)",
+        "replaced by the EMA-count-weighted mean bottom code; zero fill: by zero vectors; prior fill: "
+        "bottom codes drawn from the bottom prior given the image's top codes (temperature 1)",
         "samples_per_s": 64 / (t5 - t4),
         "wall_s": {**wall, "samples_64": round(t5 - t4, 1), "total": round(sum(wall.values()) + t5 - t4, 1)},
         "files": ["vqvae2_samples.png", "vqvae2_reconstructions.png"],

@@ -46,7 +46,7 @@ class DiagonalGaussian:
         """KL(q || N(0, I)) per latent unit, (..., D): 0.5 (mu^2 + var - 1 - log var) (Kingma 2014, app. B)."""
         return 0.5 * (self.mean**2 + torch.exp(self.logvar) - 1.0 - self.logvar)
 
-    def kl(self, other: "DiagonalGaussian") -> torch.Tensor:
+    def kl(self, other: DiagonalGaussian) -> torch.Tensor:
         """KL(self || other) per unit, (..., D), both diagonal Gaussians."""
         return 0.5 * (
             other.logvar - self.logvar
@@ -55,7 +55,7 @@ class DiagonalGaussian:
         )
 
     @staticmethod
-    def from_params(params: torch.Tensor, min_logvar: float = -30.0) -> "DiagonalGaussian":
+    def from_params(params: torch.Tensor, min_logvar: float = -30.0) -> DiagonalGaussian:
         """Split (..., 2D) into mean and log-variance, in float32 even under autocast (the KL and
         log-densities need it); the clamp only guards exp() against underflow."""
         mean, logvar = params.float().chunk(2, dim=-1)

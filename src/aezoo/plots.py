@@ -15,6 +15,7 @@ import numpy as np
 
 from .files import atomic_write_bytes
 
+
 # --- image grids ---------------------------------------------------------------------------------
 def image_grid(images, nrow: int | None = None, padding: int = 2, pad_value: float = 1.0) -> np.ndarray:
     """Tiles (N, C, H, W) images in [0, 1] (C = 1 or 3) into one picture, `nrow` images per row

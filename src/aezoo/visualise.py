@@ -42,4 +42,6 @@ def _kl_units_over_training(records: list[dict], out: Path) -> list[Path]:
         return []
     units = sorted((k for k in val[0] if re.fullmatch(r"kl_\d+", k)), key=lambda k: int(k[3:]))
     lines = {f"unit {k[3:]}": [r.get(k) for r in val] for k in units}
-    return [save_line_plot([r["step"] for r in val], lines, out, "KL per latent unit (validation)", "step", "KL (nats)")]
+    return [
+        save_line_plot([r["step"] for r in val], lines, out, "KL per latent unit (validation)", "step", "KL (nats)")
+    ]

@@ -12,8 +12,8 @@ from aezoo.data.base import mix_seed, prepare
 from aezoo.distributions import LIKELIHOODS, standard_normal_log_prob
 from aezoo.models.ae import reconstruction_error
 from aezoo.models.regularised import fraction_mask
-from aezoo.registry import build
 from aezoo.optim import make_optimizer
+from aezoo.registry import build
 
 # --- the data path ---------------------------------------------------------------------------------
 

@@ -82,7 +82,10 @@ def test_truncated_or_mismatched_checkpoint_is_refused(vae_run, tmp_path):
     (broken / "config.json").write_text(json.dumps(config))
     code, _, err = run_cli("eval", str(broken))
     assert code == 2 and "do not match the config" in err
-    assert not (broken / "eval.json").exists() or (broken / "eval.json").read_bytes() == (vae_run / "eval.json").read_bytes()
+    assert (
+        not (broken / "eval.json").exists()
+        or (broken / "eval.json").read_bytes() == (vae_run / "eval.json").read_bytes()
+    )
 
 
 def test_sample_needs_a_generative_model(tmp_path):

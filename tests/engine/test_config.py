@@ -1,7 +1,6 @@
 import pytest
 
-from aezoo.config import (DataConfig, TrainConfig, from_dict, make_run_config, merge, parse_overrides,
-                          read_config_file)
+from aezoo.config import DataConfig, TrainConfig, from_dict, make_run_config, merge, parse_overrides, read_config_file
 from aezoo.errors import AezooError
 from aezoo.models.vae import VAEConfig
 from aezoo.registry import entry

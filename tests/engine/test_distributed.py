@@ -26,7 +26,10 @@ def test_two_processes_match_one(tmp_path):
          "-m", "aezoo", *ARGS, "--out", str(tmp_path / "ddp")])
     run([sys.executable, "-m", "aezoo", *ARGS, "--out", str(tmp_path / "one")])
 
-    ddp, one = load_weights(tmp_path / "ddp" / "model.safetensors"), load_weights(tmp_path / "one" / "model.safetensors")
+    ddp, one = (
+        load_weights(tmp_path / "ddp" / "model.safetensors"),
+        load_weights(tmp_path / "one" / "model.safetensors"),
+    )
     for k in one:  # the same examples, the gradients averaged in another order: equal up to rounding
         assert torch.allclose(ddp[k], one[k], atol=1e-5), k
     lines = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
@@ -37,7 +40,17 @@ def test_two_processes_match_one(tmp_path):
 
 
 def test_two_processes_resume_exactly(tmp_path):
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29518", "-m", "aezoo"]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29518",
+        "-m",
+        "aezoo",
+    ]
     args = [a if a != "12" else "6" for a in ARGS]  # the same run, stopped at step 6 ...
     run([*torchrun, *ARGS, "--out", str(tmp_path / "whole")])
     run([*torchrun, *args, "--out", str(tmp_path / "split")])
@@ -45,5 +58,8 @@ def test_two_processes_resume_exactly(tmp_path):
     config["train"]["steps"] = 12  # ... then asked for 12 and resumed by two processes
     (tmp_path / "split" / "config.json").write_text(json.dumps(config))
     run([*torchrun, "resume", str(tmp_path / "split")])
-    a, b = load_weights(tmp_path / "whole" / "model.safetensors"), load_weights(tmp_path / "split" / "model.safetensors")
+    a, b = (
+        load_weights(tmp_path / "whole" / "model.safetensors"),
+        load_weights(tmp_path / "split" / "model.safetensors"),
+    )
     assert all(torch.equal(a[k], b[k]) for k in a)

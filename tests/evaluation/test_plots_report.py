@@ -132,7 +132,9 @@ def test_bar_histogram_line(tmp_path):
         save_bar_plot([0.5, 2.0, 0.0, 1.0], tmp_path / "bar.png", "KL per unit", "unit", "nats"),
         save_bar_plot({"a": 1, "b": 3}, tmp_path / "bar2.png", "usage", "code", "count"),
         save_histogram(np.r_[np.random.default_rng(0).normal(size=500), np.nan], tmp_path / "h.png", "z", "value"),
-        save_line_plot([1, 2, 4], {"mse": [0.1, 0.2, 0.4], "kl": (1, 2, 3)}, tmp_path / "l.png", "rollout", "jump", "err"),
+        save_line_plot(
+            [1, 2, 4], {"mse": [0.1, 0.2, 0.4], "kl": (1, 2, 3)}, tmp_path / "l.png", "rollout", "jump", "err"
+        ),
     ):
         assert out.read_bytes().startswith(PNG_MAGIC)
         assert mpimg.imread(out).ndim == 3
@@ -144,12 +146,22 @@ def test_bar_histogram_line(tmp_path):
 def _run_folder(tmp_path: Path) -> Path:
     run = tmp_path / "runs" / "vae_<demo>"
     (run / "plots").mkdir(parents=True)
-    config = {"model_name": "vae", "model": {"latent_dim": 10, "hidden": [200, 200]},
-              "data": {"name": "mnist", "note": "<script>alert(1)</script>"},
-              "train": {"epochs": 3, "lr": 0.001}, "eval": {"nll_k": 100}}
+    config = {
+        "model_name": "vae",
+        "model": {"latent_dim": 10, "hidden": [200, 200]},
+        "data": {"name": "mnist", "note": "<script>alert(1)</script>"},
+        "train": {"epochs": 3, "lr": 0.001},
+        "eval": {"nll_k": 100},
+    }
     (run / "config.json").write_text(json.dumps(config))
-    results = {"neg_elbo": 91.234567, "nll_iwae": 86.123456, "active_units": 17,
-               "kl_per_dim": [0.5 * i for i in range(20)], "nested": {"psnr": 21.98765}, "odd": "nan"}
+    results = {
+        "neg_elbo": 91.234567,
+        "nll_iwae": 86.123456,
+        "active_units": 17,
+        "kl_per_dim": [0.5 * i for i in range(20)],
+        "nested": {"psnr": 21.98765},
+        "odd": "nan",
+    }
     (run / "eval.json").write_text(json.dumps(results))
     _write_metrics(run / "metrics.jsonl")
     save_image_grid(torch.rand(4, 1, 8, 8), run / "plots" / "a.png")
@@ -182,8 +194,9 @@ def test_report_full(tmp_path):
 def test_report_config_only(tmp_path):
     run = tmp_path / "fresh"
     run.mkdir()
-    (run / "config.json").write_text(json.dumps({"model_name": "ae", "model": {}, "data": {"name": "mnist"},
-                                                 "train": {}, "eval": {}}))
+    (run / "config.json").write_text(
+        json.dumps({"model_name": "ae", "model": {}, "data": {"name": "mnist"}, "train": {}, "eval": {}})
+    )
     html = write_report(run).read_text()
     assert "ae" in html and "fresh" in html
     assert "Not evaluated yet" in html and "No losses logged yet" in html and "No plots yet" in html

@@ -30,7 +30,9 @@ def test_gradients_reach_every_parameter(name):
     for step in (0, 10**6):  # early and late in any schedule (k-sparse, capacity, layer-wise pretraining)
         model.zero_grad()
         model.loss(x, step).total.backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+    missing = [
+        n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)
+    ]
     assert not missing, f"no gradient reaches {missing}"
 
 

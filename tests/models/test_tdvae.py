@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
 from torch.distributions import Bernoulli, Normal
 
 import aezoo
@@ -16,6 +15,7 @@ from aezoo.data import load_dataset
 from aezoo.data.sequences import moving_frames, oscillator, random_directions
 from aezoo.errors import AezooError
 from aezoo.models.tdvae import line_images, sample_pairs
+from conftest import run_cli
 
 
 def gen(seed):
@@ -65,7 +65,9 @@ def _by_hand(dist, c, z=None):
 def test_each_term_of_j_matches_its_density(layers, likelihood):
     frames = likelihood == "bernoulli"
     shape = (5, 1, 4, 4) if frames else (5, 2)
-    model = small(data_shape=shape, layers=layers, likelihood="auto" if likelihood != "gaussian_learned" else likelihood)
+    model = small(
+        data_shape=shape, layers=layers, likelihood="auto" if likelihood != "gaussian_learned" else likelihood
+    )
     x = torch.rand(3, *shape).round() if frames else torch.randn(3, *shape)
     t1 = torch.tensor([[0, 2], [1, 3], [4, 0]])
     t2 = torch.tensor([[3, 3], [2, 5], [5, 1]])
@@ -228,12 +230,21 @@ def test_user_sequences_from_array_files(tmp_path):
     ds = load_dataset(DataConfig(name="sequences", file=str(tmp_path / "splits.npz")))
     assert [len(v) for v in ds.x.values()] == [10, 5, 5]
 
-    bad = {"nan.npy": np.where(a > 2, np.nan, a), "flat.npy": a[:, :, 0], "words.npy": np.array([["a"] * 6] * 5),
-           "objects.npy": np.array([[None] * 6] * 5, dtype=object)}
+    bad = {
+        "nan.npy": np.where(a > 2, np.nan, a),
+        "flat.npy": a[:, :, 0],
+        "words.npy": np.array([["a"] * 6] * 5),
+        "objects.npy": np.array([[None] * 6] * 5, dtype=object),
+    }
     for name, array in bad.items():
         np.save(tmp_path / name, array, allow_pickle=True)
-    for name, message in [("nan.npy", "NaN"), ("flat.npy", "N x T x D"), ("words.npy", "numbers"),
-                          ("objects.npy", "readable"), ("missing.npy", "no such file")]:
+    for name, message in [
+        ("nan.npy", "NaN"),
+        ("flat.npy", "N x T x D"),
+        ("words.npy", "numbers"),
+        ("objects.npy", "readable"),
+        ("missing.npy", "no such file"),
+    ]:
         with pytest.raises(AezooError, match=message):
             load_dataset(DataConfig(name="sequences", file=str(tmp_path / name)))
     with pytest.raises(AezooError, match="data.file"):
@@ -244,9 +255,24 @@ def test_cli_train_eval_sample_report_on_vector_sequences(tmp_path):
     a = np.sin(np.linspace(0, 6, 8)[None, :, None] + np.arange(30)[:, None, None]).astype(np.float32)
     np.save(tmp_path / "seq.npy", a)
     run = str(tmp_path / "run")
-    code, _, err = run_cli("train", "tdvae", "--data", "sequences", "--out", run, "--steps", "5",
-                           "--set", f"data.file={tmp_path / 'seq.npy'}", "--set", "train.batch_size=4",
-                           "--set", "train.progress=false", "--set", "model.hidden=16")
+    code, _, err = run_cli(
+        "train",
+        "tdvae",
+        "--data",
+        "sequences",
+        "--out",
+        run,
+        "--steps",
+        "5",
+        "--set",
+        f"data.file={tmp_path / 'seq.npy'}",
+        "--set",
+        "train.batch_size=4",
+        "--set",
+        "train.progress=false",
+        "--set",
+        "model.hidden=16",
+    )
     assert code == 0, err
     assert run_cli("eval", run)[0] == 0
     results = json.loads((tmp_path / "run" / "eval.json").read_text())

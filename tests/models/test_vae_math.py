@@ -21,12 +21,18 @@ def test_kl_matches_torch_distributions():
 
 
 def test_gaussian_log_prob_and_reparameterisation():
-    mean, logvar = torch.randn(4, 3), torch.randn(4, 3)
+    mean, logvar = torch.randn(4, 3, requires_grad=True), torch.randn(4, 3, requires_grad=True)
     q = DiagonalGaussian(mean, logvar)
+    torch.manual_seed(3)
     z = q.rsample()
     ref = D.Normal(mean, (0.5 * logvar).exp()).log_prob(z).sum(-1)
     assert torch.allclose(q.log_prob(z), ref, atol=1e-5)
-    z.sum().backward  # rsample keeps the graph to mean and logvar
+    # rsample keeps the graph to mean and logvar: z = mean + exp(logvar / 2) * eps
+    torch.manual_seed(3)
+    eps = torch.randn(4, 3)
+    z.sum().backward()
+    assert torch.equal(mean.grad, torch.ones(4, 3))
+    assert torch.allclose(logvar.grad, 0.5 * (0.5 * logvar).exp().detach() * eps)
     many = DiagonalGaussian(torch.full((3,), 2.0), torch.full((3,), math.log(0.25))).rsample(200_000)
     assert torch.allclose(many.mean(0), torch.full((3,), 2.0), atol=0.01)
     assert torch.allclose(many.std(0), torch.full((3,), 0.5), atol=0.01)
@@ -34,7 +40,9 @@ def test_gaussian_log_prob_and_reparameterisation():
 
 def test_likelihoods_match_torch_distributions():
     out, x = torch.randn(4, 1, 3, 3), torch.rand(4, 1, 3, 3).round()
-    assert torch.allclose(Bernoulli().log_prob(out, x), D.Bernoulli(logits=out).log_prob(x).flatten(1).sum(1), atol=1e-5)
+    assert torch.allclose(
+        Bernoulli().log_prob(out, x), D.Bernoulli(logits=out).log_prob(x).flatten(1).sum(1), atol=1e-5
+    )
     xr = torch.randn(4, 1, 3, 3)
     assert torch.allclose(Gaussian(0.3).log_prob(out, xr), D.Normal(out, 0.3).log_prob(xr).flatten(1).sum(1), atol=1e-4)
     two = torch.randn(4, 2, 3, 3)
@@ -67,7 +75,8 @@ def linear_gaussian_vae(sigma=0.5, latent=3, dims=6, exact_posterior=True):
         # Posterior: Sigma = (I + W^T W / s^2)^-1 (diagonal), mean = Sigma W^T (x - b) / s^2.
         post_var = 1 / (1 + (w**2).sum(0) / sigma**2)
         enc = model.encoder.out
-        enc.weight.zero_(); enc.bias.zero_()
+        enc.weight.zero_()
+        enc.bias.zero_()
         enc.weight[:latent] = post_var[:, None] * w.T / sigma**2
         enc.bias[:latent] = -(post_var[:, None] * w.T / sigma**2) @ b
         enc.bias[latent:] = post_var.log() if exact_posterior else post_var.log() + 1.0
@@ -125,7 +134,9 @@ def test_iwae_objective_is_the_bound_and_weighs_gradients_by_normalised_importan
     model.zero_grad()
     torch.manual_seed(5)
     log_w = model.log_weights(x, 16)
-    assert float(out.total.detach()) == pytest.approx(float(-(log_w.logsumexp(0) - math.log(16)).mean().detach()), abs=1e-5)
+    assert float(out.total.detach()) == pytest.approx(
+        float(-(log_w.logsumexp(0) - math.log(16)).mean().detach()), abs=1e-5
+    )
     assert set(out.terms) == {"neg_iwae"}
     (-(log_w.softmax(0).detach() * log_w).sum(0).mean()).backward()
     for g, p in zip(by_loss, model.parameters()):
@@ -137,9 +148,28 @@ def test_iwae_objective_is_the_bound_and_weighs_gradients_by_normalised_importan
 def test_iwae_objective_trains_from_the_cli(tmp_path):
     from conftest import run_cli
 
-    code, _, err = run_cli("train", "vae", "--out", str(tmp_path / "r"), "--steps", "4", "--set", "data.limit=200",
-                           "--set", "model.hidden=[16]", "--set", "model.latent_dim=4", "--set", "model.objective=iwae",
-                           "--set", "model.iwae_k=5", "--set", "data.binarize=dynamic", "--set", "train.progress=false")
+    code, _, err = run_cli(
+        "train",
+        "vae",
+        "--out",
+        str(tmp_path / "r"),
+        "--steps",
+        "4",
+        "--set",
+        "data.limit=200",
+        "--set",
+        "model.hidden=[16]",
+        "--set",
+        "model.latent_dim=4",
+        "--set",
+        "model.objective=iwae",
+        "--set",
+        "model.iwae_k=5",
+        "--set",
+        "data.binarize=dynamic",
+        "--set",
+        "train.progress=false",
+    )
     assert code == 0, err
     lines = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
     assert any('"neg_iwae"' in line for line in lines)

@@ -65,7 +65,9 @@ def test_ema_step_equals_the_formula():
     assign = [[0, 1, 5], [2], [3, 4], []]
     n_new = torch.tensor([3.0, 1.0, 2.0, 0.0])
     N = gamma * 1.0 + (1 - gamma) * n_new
-    m = torch.stack([gamma * codebook[i] + (1 - gamma) * (z[a].sum(0) if a else torch.zeros(2)) for i, a in enumerate(assign)])
+    m = torch.stack(
+        [gamma * codebook[i] + (1 - gamma) * (z[a].sum(0) if a else torch.zeros(2)) for i, a in enumerate(assign)]
+    )
     n = N.sum()
     e = m / ((N + eps) / (n + k * eps) * n)[:, None]
     assert torch.allclose(vq.ema_count, N) and torch.allclose(vq.ema_sum, m) and torch.allclose(vq.codebook, e)
@@ -112,7 +114,15 @@ def test_float32_under_autocast_and_health_numbers():
 def pixelcnn(**kw):
     import aezoo
 
-    cfg = {"channels": 8, "layers": 5, "head": 16, "codebook_sizes": (6,), "code_shapes": (5, 6), "data_shape": (31,), **kw}
+    cfg = {
+        "channels": 8,
+        "layers": 5,
+        "head": 16,
+        "codebook_sizes": (6,),
+        "code_shapes": (5, 6),
+        "data_shape": (31,),
+        **kw,
+    }
     return aezoo.build("pixelcnn", **cfg)
 
 
@@ -127,7 +137,7 @@ def test_pixelcnn_is_causal_without_blind_spot():
             before = torch.zeros(5, 6, dtype=torch.bool)
             before.view(-1)[: i * 6 + j] = True  # raster order
             assert not (seen & ~before).any(), f"({i}, {j}) sees itself or a later position"
-            assert (seen[max(0, i - 4):] == before[max(0, i - 4):]).all(), f"({i}, {j}) misses an earlier position"
+            assert (seen[max(0, i - 4) :] == before[max(0, i - 4) :]).all(), f"({i}, {j}) misses an earlier position"
             assert x.grad[1].abs().sum() == 0  # nor another example
 
 
@@ -178,9 +188,12 @@ def write_fake_cifar(folder, per_batch=8, seed=0):
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {b"batch_label": name.encode(), b"labels": [int(v) for v in rng.integers(0, 10, per_batch)],
-                 b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
-                 b"filenames": [f"{name}_{i}.png".encode() for i in range(per_batch)]}
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": [int(v) for v in rng.integers(0, 10, per_batch)],
+            b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+            b"filenames": [f"{name}_{i}.png".encode() for i in range(per_batch)],
+        }
         (folder / name).write_bytes(pickle.dumps(batch, protocol=2 if name.endswith("1") else 4))
     return folder
 
@@ -196,7 +209,11 @@ def test_cifar10_reads_batches_and_refuses_foreign_pickles(tmp_path):
 
     folder = write_fake_cifar(tmp_path / "cifar-10-batches-py")
     ds = load_dataset(DataConfig(name="cifar10", dir=str(tmp_path)))  # the parent folder works too
-    assert {k: tuple(v.shape) for k, v in ds.x.items()} == {"train": (36, 3, 32, 32), "val": (4, 3, 32, 32), "test": (8, 3, 32, 32)}
+    assert {k: tuple(v.shape) for k, v in ds.x.items()} == {
+        "train": (36, 3, 32, 32),
+        "val": (4, 3, 32, 32),
+        "test": (8, 3, 32, 32),
+    }
     first = pickle.loads((folder / "data_batch_1").read_bytes())
     assert torch.equal(ds.x["train"][0, 1].flatten(), torch.from_numpy(first[b"data"][0, 1024:2048]))  # green plane
     assert ds.labels["train"][:8].tolist() == first[b"labels"] and ds.scale == 255.0
@@ -208,7 +225,9 @@ def test_cifar10_reads_batches_and_refuses_foreign_pickles(tmp_path):
     (folder / "test_batch").write_bytes(pickle.dumps({b"data": Evil(), b"labels": []}, protocol=2))
     with pytest.raises(AezooError, match="refusing to load .*print"):
         load_dataset(DataConfig(name="cifar10", dir=str(folder)))
-    (folder / "test_batch").write_bytes(pickle.dumps({b"data": np.zeros((2, 5), np.uint8), b"labels": [0, 1]}, protocol=2))
+    (folder / "test_batch").write_bytes(
+        pickle.dumps({b"data": np.zeros((2, 5), np.uint8), b"labels": [0, 1]}, protocol=2)
+    )
     with pytest.raises(AezooError, match="uint8 array"):
         load_dataset(DataConfig(name="cifar10", dir=str(folder)))
 
@@ -216,25 +235,60 @@ def test_cifar10_reads_batches_and_refuses_foreign_pickles(tmp_path):
 def test_vqvae_on_cifar_then_conditional_prior_sample_and_bits_per_dim(tmp_path):
     import json
 
-    from conftest import run_cli
-
     import aezoo
-    from aezoo.data import Batches, load_dataset
-    from aezoo.data import EVAL_SEED
+    from aezoo.data import EVAL_SEED, Batches, load_dataset
     from aezoo.registry import load_run_config
+    from conftest import run_cli
 
     write_fake_cifar(tmp_path / "cifar")
     run = tmp_path / "run"
-    code, _, err = run_cli("train", "vqvae", "--data", "cifar10", "--out", str(run), "--steps", "3",
-                           "--set", f"data.dir={tmp_path / 'cifar'}", "--set", "train.batch_size=12",
-                           "--set", "model.hidden=8", "--set", "model.residual_hidden=4", "--set", "model.codebook_size=16",
-                           "--set", "model.code_dim=4", "--set", "model.kmeans_iters=2", "--set", "train.progress=false")
+    code, _, err = run_cli(
+        "train",
+        "vqvae",
+        "--data",
+        "cifar10",
+        "--out",
+        str(run),
+        "--steps",
+        "3",
+        "--set",
+        f"data.dir={tmp_path / 'cifar'}",
+        "--set",
+        "train.batch_size=12",
+        "--set",
+        "model.hidden=8",
+        "--set",
+        "model.residual_hidden=4",
+        "--set",
+        "model.codebook_size=16",
+        "--set",
+        "model.code_dim=4",
+        "--set",
+        "model.kmeans_iters=2",
+        "--set",
+        "train.progress=false",
+    )
     assert code == 0, err
     code, _, err = run_cli("sample", str(run))
     assert code == 2 and "train-prior" in err  # no prior yet
-    code, _, err = run_cli("train-prior", str(run), "--steps", "3", "--set", "prior.channels=4", "--set", "prior.layers=2",
-                           "--set", "prior.head=8", "--set", "prior.num_classes=10", "--set", "train.batch_size=12",
-                           "--set", "train.progress=false")
+    code, _, err = run_cli(
+        "train-prior",
+        str(run),
+        "--steps",
+        "3",
+        "--set",
+        "prior.channels=4",
+        "--set",
+        "prior.layers=2",
+        "--set",
+        "prior.head=8",
+        "--set",
+        "prior.num_classes=10",
+        "--set",
+        "train.batch_size=12",
+        "--set",
+        "train.progress=false",
+    )
     assert code == 0, err
     prior_cfg = json.loads((run / "prior" / "config.json").read_text())
     assert prior_cfg["model_name"] == "pixelcnn" and prior_cfg["prior"]["code_shapes"] == [8, 8]
@@ -270,8 +324,20 @@ def test_train_prior_refuses_models_without_codes(tmp_path):
     from conftest import run_cli
 
     run = tmp_path / "vae"
-    code, _, err = run_cli("train", "vae", "--out", str(run), "--steps", "1", "--set", "data.limit=200",
-                           "--set", "model.hidden=[8]", "--set", "train.progress=false")
+    code, _, err = run_cli(
+        "train",
+        "vae",
+        "--out",
+        str(run),
+        "--steps",
+        "1",
+        "--set",
+        "data.limit=200",
+        "--set",
+        "model.hidden=[8]",
+        "--set",
+        "train.progress=false",
+    )
     assert code == 0, err
     code, _, err = run_cli("train-prior", str(run))
     assert code == 2 and "no discrete codes" in err
@@ -288,16 +354,48 @@ def test_ema_statistics_are_summed_over_processes(tmp_path):
 
     from aezoo.files import load_weights
 
-    args = ["train", "vqvae", "--steps", "4", "--set", "data.limit=200", "--set", "train.batch_size=20",
-            "--set", "model.hidden=8", "--set", "model.residual_hidden=4", "--set", "model.codebook_size=16",
-            "--set", "model.code_dim=4", "--set", "model.restart_after=0",
-            "--set", "train.progress=false", "--device", "cpu"]
+    args = [
+        "train",
+        "vqvae",
+        "--steps",
+        "4",
+        "--set",
+        "data.limit=200",
+        "--set",
+        "train.batch_size=20",
+        "--set",
+        "model.hidden=8",
+        "--set",
+        "model.residual_hidden=4",
+        "--set",
+        "model.codebook_size=16",
+        "--set",
+        "model.code_dim=4",
+        "--set",
+        "model.restart_after=0",
+        "--set",
+        "train.progress=false",
+        "--device",
+        "cpu",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for name, launcher in (("ddp", ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]), ("one", [])):
-        done = subprocess.run([sys.executable, *launcher, "-m", "aezoo", *args, "--out", str(tmp_path / name)],
-                              check=False, capture_output=True, text=True, env=env, timeout=300)
+    for name, launcher in (
+        ("ddp", ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]),
+        ("one", []),
+    ):
+        done = subprocess.run(
+            [sys.executable, *launcher, "-m", "aezoo", *args, "--out", str(tmp_path / name)],
+            check=False,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr[:4000]  # the child's own message comes before torchrun's summary
-    ddp, one = load_weights(tmp_path / "ddp" / "model.safetensors"), load_weights(tmp_path / "one" / "model.safetensors")
+    ddp, one = (
+        load_weights(tmp_path / "ddp" / "model.safetensors"),
+        load_weights(tmp_path / "one" / "model.safetensors"),
+    )
     assert not torch.equal(one["quantizer.ema_count"], torch.ones(16))  # the EMA did move
     for k in one:
         assert torch.allclose(ddp[k].float(), one[k].float(), atol=1e-4), k

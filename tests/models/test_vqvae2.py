@@ -6,13 +6,13 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli
 
 import aezoo
 from aezoo.errors import AezooError
 from aezoo.models.pixelsnail import CausalSelfAttention, PixelSNAIL, raster_shift
 from aezoo.models.vqvae2 import VQVAE2
 from aezoo.registry import MODELS
+from conftest import run_cli
 
 TINY = MODELS["vqvae2"].tiny
 
@@ -93,7 +93,9 @@ def test_bottom_prior_depends_on_top_codes_and_top_prior_not_on_bottom():
         base = prior.level_logits(1, [top, bottom], None)
         changed = prior.level_logits(1, [other_top, bottom], None)
         assert (base - changed).abs().amax() > 1e-4
-        assert torch.equal(prior.level_logits(0, [top, bottom], None), prior.level_logits(0, [top, (bottom + 1) % 8], None))
+        assert torch.equal(
+            prior.level_logits(0, [top, bottom], None), prior.level_logits(0, [top, (bottom + 1) % 8], None)
+        )
     # log p(c) is the sum of the two levels' terms; each is a proper log-probability (<= 0)
     lp = prior.log_prob_levels([top, bottom])
     assert lp.shape == (2, 2) and (lp < 0).all() and torch.allclose(prior.log_prob([top, bottom]), lp.sum(1))
@@ -178,12 +180,24 @@ def test_top_only_reconstruction_fills_the_bottom_with_the_expected_code():
 # --- stage 2 from the command line -------------------------------------------------------------------
 def test_cli_trains_both_priors_samples_and_evaluates(tmp_path):
     run = tmp_path / "run"
-    sets = [f"model.{k}={v}" for k, v in {"hidden": 8, "residual_hidden": 4, "residual_layers": 1,
-                                            "codebook_size": 8, "code_dim": 4}.items()]
+    sets = [
+        f"model.{k}={v}"
+        for k, v in {"hidden": 8, "residual_hidden": 4, "residual_layers": 1, "codebook_size": 8, "code_dim": 4}.items()
+    ]
     sets = [a for s in sets + ["data.limit=200", "train.batch_size=50"] for a in ("--set", s)]
     assert run_cli("train", "vqvae2", "--out", str(run), "--steps", "4", *sets)[0] == 0
-    prior_sets = ["--set", "prior.channels=8", "--set", "prior.blocks=1", "--set", "prior.key_channels=8",
-                  "--set", "prior.value_channels=8", "--set", "train.batch_size=50"]
+    prior_sets = [
+        "--set",
+        "prior.channels=8",
+        "--set",
+        "prior.blocks=1",
+        "--set",
+        "prior.key_channels=8",
+        "--set",
+        "prior.value_channels=8",
+        "--set",
+        "train.batch_size=50",
+    ]
     code, _, err = run_cli("train-prior", str(run), "--steps", "3", *prior_sets)
     assert code == 0, err
     prior_cfg = json.loads((run / "prior" / "config.json").read_text())

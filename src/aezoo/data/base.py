@@ -8,8 +8,8 @@ resumed run sees exactly the batches an uninterrupted one would.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +47,7 @@ class Dataset:
             raise unknown_name("split", name, self.x)
         return self.x[name]
 
-    def to(self, device) -> "Dataset":
+    def to(self, device) -> Dataset:
         move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
         self.x, self.labels, self.factors = move(self.x), move(self.labels), move(self.factors)
         return self

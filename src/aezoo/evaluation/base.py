@@ -8,8 +8,8 @@ says otherwise (the reduction convention of `distributions`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

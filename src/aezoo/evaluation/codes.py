@@ -54,7 +54,9 @@ def codebook_health(ctx: EvalContext) -> dict:
 
 
 def _discrete_likelihood(model, binarize: str) -> bool:
-    return isinstance(model.likelihood, DiscretizedLogistic) or (isinstance(model.likelihood, Bernoulli) and binarize != "none")
+    return isinstance(model.likelihood, DiscretizedLogistic) or (
+        isinstance(model.likelihood, Bernoulli) and binarize != "none"
+    )
 
 
 @evaluator(lambda model, ds: isinstance(model, CodeModel) and model.prior is not None)
@@ -72,8 +74,11 @@ def bits_per_dim(ctx: EvalContext) -> dict:
         decoder_nll -= float(model.log_px_given_codes(x, codes).sum())
         n += len(x)
     dims = math.prod(model.config.data_shape)
-    return {"bits_per_dim": (prior_nll + decoder_nll) / n / (dims * math.log(2)),
-            "prior_nll": prior_nll / n, "decoder_nll": decoder_nll / n}
+    return {
+        "bits_per_dim": (prior_nll + decoder_nll) / n / (dims * math.log(2)),
+        "prior_nll": prior_nll / n,
+        "decoder_nll": decoder_nll / n,
+    }
 
 
 @evaluator(lambda model, ds: isinstance(model, CodePrior))

@@ -52,7 +52,9 @@ class AE(Model):
         super().__init__(config)
         self.encoder = Encoder(config, config.data_shape, config.latent_dim)
         self.decoder = Decoder(config, config.data_shape, config.latent_dim)
-        self.code_activation = nn.Identity() if config.code_activation == "linear" else ACTIVATIONS[config.code_activation]()
+        self.code_activation = (
+            nn.Identity() if config.code_activation == "linear" else ACTIVATIONS[config.code_activation]()
+        )
 
     def layers(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The encoder's layer outputs on x: each MLP hidden layer after its activation, (B, hidden[i]),

@@ -160,7 +160,8 @@ class PixelSNAIL(nn.Module):
         c = channels if cond_channels else 0
         self.residual = nn.ModuleList(
             nn.ModuleList(GatedResidual(channels, kernel, c, dropout) for _ in range(residual)) for _ in range(blocks))
-        self.attention = nn.ModuleList(AttentionBlock(channels, key_channels, value_channels, heads) for _ in range(blocks))
+        self.attention = nn.ModuleList(
+            AttentionBlock(channels, key_channels, value_channels, heads) for _ in range(blocks))
         self.head = nn.Sequential(nn.ELU(), nn.Conv2d(channels, codebook_size, 1))
 
     def forward(self, codes: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
@@ -197,19 +198,46 @@ class PixelSNAILConfig(CodePriorConfig):
     def validate(self) -> None:
         super().validate()
         if self.key_channels % self.heads or self.value_channels % self.heads:
-            raise AezooError(f"prior.key_channels ({self.key_channels}) and prior.value_channels "
-                             f"({self.value_channels}) must be multiples of prior.heads ({self.heads})")
+            raise AezooError(
+                f"prior.key_channels ({self.key_channels}) and prior.value_channels "
+                f"({self.value_channels}) must be multiples of prior.heads ({self.heads})"
+            )
 
 
-@register("pixelsnail", "PixelSNAIL prior over code maps (Chen 2018): gated causal convolutions and causal "
-          "self-attention; later levels conditioned on earlier ones (VQ-VAE-2)", default_data="codes",
-          tiny={"channels": 8, "blocks": 1, "residual": 1, "heads": 2, "key_channels": 4, "value_channels": 8,
-                "cond_layers": 1, "codebook_sizes": (8, 8), "code_shapes": (2, 2, 4, 4), "data_shape": (21,)},
-          prior=True)
+@register(
+    "pixelsnail",
+    "PixelSNAIL prior over code maps (Chen 2018): gated causal convolutions and causal "
+    "self-attention; later levels conditioned on earlier ones (VQ-VAE-2)",
+    default_data="codes",
+    tiny={
+        "channels": 8,
+        "blocks": 1,
+        "residual": 1,
+        "heads": 2,
+        "key_channels": 4,
+        "value_channels": 8,
+        "cond_layers": 1,
+        "codebook_sizes": (8, 8),
+        "code_shapes": (2, 2, 4, 4),
+        "data_shape": (21,),
+    },
+    prior=True,
+)
 class PixelSNAILPrior(CodePrior):
     config_class = PixelSNAILConfig
 
     def make_net(self, codebook_size: int, cond_channels: int) -> nn.Module:
         c = self.config
-        return PixelSNAIL(codebook_size, c.channels, c.kernel, c.blocks, c.residual, c.heads, c.key_channels,
-                          c.value_channels, cond_channels, c.cond_layers, c.dropout)
+        return PixelSNAIL(
+            codebook_size,
+            c.channels,
+            c.kernel,
+            c.blocks,
+            c.residual,
+            c.heads,
+            c.key_channels,
+            c.value_channels,
+            cond_channels,
+            c.cond_layers,
+            c.dropout,
+        )

@@ -7,12 +7,12 @@ Autoencoder"): the plain AE of `ae.py` with one of its hooks filled.
   dimensions, drawn anew for each example; `mask_iid` zeroes each dimension independently with
   probability nu (the binomial masking of the deeplearning.net dA tutorial and of most code since: nu
   of the dimensions on average, a number that varies per example); `gaussian` adds N(0, sigma^2 I);
-  `salt_pepper` sets a fixed fraction nu to the minimum or the maximum value by a fair coin flip. Greedy layer-wise pretraining of
-  a stack (Vincent 2010, sec. 3.5 and fig. 3): with `pretrain_steps` > 0 layer l is trained alone as a
-  one-layer DAE of the (clean) output of the layers below it for `pretrain_steps` steps, bottom first,
-  then the whole deep autoencoder, each layer's decoder stacked in reverse, is fine-tuned on the
-  denoising criterion. The stage is a pure function of the training step, so one engine trains it and
-  a resumed run follows the same schedule.
+  `salt_pepper` sets a fixed fraction nu to the minimum or the maximum value by a fair coin flip.
+  Greedy layer-wise pretraining of a stack (Vincent 2010, sec. 3.5 and fig. 3): with `pretrain_steps` > 0
+  layer l is trained alone as a one-layer DAE of the (clean) output of the layers below it for
+  `pretrain_steps` steps, bottom first, then the whole deep autoencoder, each layer's decoder stacked in
+  reverse, is fine-tuned on the denoising criterion. The stage is a pure function of the training step,
+  so one engine trains it and a resumed run follows the same schedule.
 - `sparse_ae` (Ng, "Sparse autoencoder" notes; survey eq. L_SAE): sigmoid units and the penalty
   beta * sum_l sum_j KL(rho || rho_hat_j^(l)), rho_hat_j the unit's mean activation over the batch, on
   the layers named by `penalised_layers` (indices into [hidden layers..., code], -1 the code).
@@ -134,7 +134,8 @@ class RegularisedAE(AE):
 @dataclass
 class DAEConfig(RegularisedConfig):
     corruption: str = choice("mask", "mask_iid", "gaussian", "salt_pepper")
-    fraction: float = number(0.25, 0.0, 1.0)  # mask, mask_iid, salt_pepper: the fraction nu of input dimensions corrupted
+    # mask, mask_iid, salt_pepper: the fraction nu of input dimensions corrupted
+    fraction: float = number(0.25, 0.0, 1.0)
     sigma: float = number(0.5, 0.0)  # gaussian: the noise's standard deviation
     # > 0: greedy layer-wise pretraining, this many steps per layer (bottom first), then fine-tuning
     pretrain_steps: int = number(0, 0)
@@ -144,8 +145,11 @@ class DAEConfig(RegularisedConfig):
             raise AezooError("model.pretrain_steps (layer-wise pretraining) needs model.backbone=mlp")
 
 
-@register("dae", "denoising autoencoder: mask / gaussian / salt-and-pepper corruption, optional greedy layer-wise pretraining",
-          tiny={"hidden": (16,), "latent_dim": 8, "pretrain_steps": 5})
+@register(
+    "dae",
+    "denoising autoencoder: mask / gaussian / salt-and-pepper corruption, optional greedy layer-wise pretraining",
+    tiny={"hidden": (16,), "latent_dim": 8, "pretrain_steps": 5},
+)
 class DAE(RegularisedAE, Denoising):
     config_class = DAEConfig
 
@@ -230,18 +234,25 @@ class SparseAEConfig(RegularisedConfig):
             raise AezooError("model.penalised_layers must name at least one layer")
         for i in self.penalised_layers:
             if not -n <= i < n:
-                raise AezooError(f"model.penalised_layers: {i} is not a layer index (the encoder has {n} layers: "
-                                 f"{len(self.hidden)} hidden and the code, indices -{n}..{n - 1})")
+                raise AezooError(
+                    f"model.penalised_layers: {i} is not a layer index (the encoder has {n} layers: "
+                    f"{len(self.hidden)} hidden and the code, indices -{n}..{n - 1})"
+                )
             act = self.code_activation if i % n == n - 1 else self.activation
             if act != "sigmoid":
-                raise AezooError(f"model.penalised_layers: layer {i} has {act} units; the KL of Bernoulli means "
-                                 f"needs sigmoid units (set model.{'code_activation' if i % n == n - 1 else 'activation'}=sigmoid)")
+                raise AezooError(
+                    f"model.penalised_layers: layer {i} has {act} units; the KL of Bernoulli means "
+                    f"needs sigmoid units (set model.{'code_activation' if i % n == n - 1 else 'activation'}=sigmoid)"
+                )
         if len({i % n for i in self.penalised_layers}) != len(self.penalised_layers):
             raise AezooError("model.penalised_layers names a layer twice")
 
 
-@register("sparse_ae", "sparse autoencoder: sigmoid units, beta * KL(rho || mean activation) on chosen layers",
-          tiny={"hidden": (16,), "latent_dim": 8, "penalised_layers": (0, 1)})
+@register(
+    "sparse_ae",
+    "sparse autoencoder: sigmoid units, beta * KL(rho || mean activation) on chosen layers",
+    tiny={"hidden": (16,), "latent_dim": 8, "penalised_layers": (0, 1)},
+)
 class SparseAE(RegularisedAE):
     config_class = SparseAEConfig
 
@@ -270,8 +281,11 @@ class KSparseAEConfig(RegularisedConfig):
             raise AezooError(f"model.k={self.k} is larger than model.latent_dim={self.latent_dim}")
 
 
-@register("ksparse_ae", "k-sparse autoencoder: linear code, top-k units kept (k scheduled from dense), alpha*k for features",
-          tiny={"hidden": (16,), "latent_dim": 8, "k": 2, "k_start": 0, "k_schedule_steps": 10})
+@register(
+    "ksparse_ae",
+    "k-sparse autoencoder: linear code, top-k units kept (k scheduled from dense), alpha*k for features",
+    tiny={"hidden": (16,), "latent_dim": 8, "k": 2, "k_start": 0, "k_schedule_steps": 10},
+)
 class KSparseAE(RegularisedAE):
     config_class = KSparseAEConfig
 
@@ -308,14 +322,22 @@ class CAEConfig(RegularisedConfig):
         """The method `penalty` names, `auto` resolved: closed form, two-layer form, batched Jacobian, estimate."""
         mlp = self.backbone == "mlp"
         closed = mlp and not self.hidden and self.code_activation in losses.ELEMENTWISE_DERIVATIVES
-        two = (mlp and len(self.hidden) == 1 and self.code_activation == "linear"
-               and self.activation in losses.ELEMENTWISE_DERIVATIVES)
+        two = (
+            mlp
+            and len(self.hidden) == 1
+            and self.code_activation == "linear"
+            and self.activation in losses.ELEMENTWISE_DERIVATIVES
+        )
         if self.penalty == "closed_form" and not closed:
-            raise AezooError("model.penalty=closed_form needs a one-layer MLP encoder (model.hidden=[]) with an "
-                             f"elementwise code activation ({', '.join(sorted(losses.ELEMENTWISE_DERIVATIVES))})")
+            raise AezooError(
+                "model.penalty=closed_form needs a one-layer MLP encoder (model.hidden=[]) with an "
+                f"elementwise code activation ({', '.join(sorted(losses.ELEMENTWISE_DERIVATIVES))})"
+            )
         if self.penalty == "two_layer" and not two:
-            raise AezooError("model.penalty=two_layer needs an MLP encoder with one hidden layer (model.hidden=[H]), "
-                             "model.code_activation=linear and an elementwise model.activation")
+            raise AezooError(
+                "model.penalty=two_layer needs an MLP encoder with one hidden layer (model.hidden=[H]), "
+                "model.code_activation=linear and an elementwise model.activation"
+            )
         if self.penalty != "auto":
             return self.penalty
         if closed or two:
@@ -326,8 +348,11 @@ class CAEConfig(RegularisedConfig):
         self.penalty_method()
 
 
-@register("cae", "contractive autoencoder: lambda * ||J_f(x)||_F^2, closed form / exact / batched Jacobian / estimate",
-          tiny={"hidden": (16,), "latent_dim": 4})
+@register(
+    "cae",
+    "contractive autoencoder: lambda * ||J_f(x)||_F^2, closed form / exact / batched Jacobian / estimate",
+    tiny={"hidden": (16,), "latent_dim": 4},
+)
 class CAE(RegularisedAE):
     config_class = CAEConfig
 
@@ -344,8 +369,9 @@ class CAE(RegularisedAE):
                 return losses.contractive_one_layer(ds, at_least_float32(self.encoder.out.weight))
             if self.method == "two_layer":
                 ds = losses.activation_derivative(at_least_float32(layers[0]), c.activation)
-                return losses.contractive_two_layer(ds, at_least_float32(self.encoder.head[0].weight),
-                                                    at_least_float32(self.encoder.out.weight))
+                return losses.contractive_two_layer(
+                    ds, at_least_float32(self.encoder.head[0].weight), at_least_float32(self.encoder.out.weight)
+                )
         if self.method == "jacobian":
             return losses.contractive_jacobian(self.code, x, c.latent_dim)
         return losses.contractive_estimate(self.code, x, c.latent_dim, c.projections)

@@ -166,7 +166,8 @@ class TDVAE(Model, Generative, SequenceModel):
         # A cell stepped in Python: on CPU, torch's fused nn.LSTM (oneDNN) is ~15x slower at these sizes.
         self.lstm = nn.LSTMCell(c.belief_dim, c.belief_dim)
         self.p_b = StateDistribution(c.belief_dim, c.latent_dim, c.layers, c.block_hidden)
-        self.p_t = StateDistribution(state + (c.max_jump if c.jump_input else 0), c.latent_dim, c.layers, c.block_hidden)
+        jump = c.max_jump if c.jump_input else 0
+        self.p_t = StateDistribution(state + jump, c.latent_dim, c.layers, c.block_hidden)
         self.p_s = StateDistribution(state + 2 * c.belief_dim, c.latent_dim, c.layers, c.block_hidden)
         self.decoder = Decoder(c, self.frame_shape, state, self.likelihood.params_per_dim)
 
@@ -244,8 +245,9 @@ class TDVAE(Model, Generative, SequenceModel):
         z = self.current_state(x)
         return torch.stack([self.decode(self.transition(z, d)) for d in jumps], dim=1)
 
-    def rollout(self, x: torch.Tensor | None, intervals, z: torch.Tensor | None = None,
-                temperature: float = 1.0) -> torch.Tensor:
+    def rollout(
+        self, x: torch.Tensor | None, intervals, z: torch.Tensor | None = None, temperature: float = 1.0
+    ) -> torch.Tensor:
         """A rollout: from z_t ~ p_B(. | b_t) after the frames x (or from the given z, x unused), jump by
         each interval in turn, decode every state reached: (B, len(intervals), *frame), the frames
         expected at t + cumsum(intervals)."""
@@ -298,8 +300,10 @@ class TDVAE(Model, Generative, SequenceModel):
             chained = self.rollout(x[:, :context], [1] * (T - context))[..., 0]
             truth = x[..., 0]
             prior = self.rollout(None, [1] * T, self.prior_states(8))[..., 0]
-            return {"rollouts": line_images([(truth, 0, OBSERVED), (chained, context, PREDICTED)], T, truth),
-                    "prior_rollouts": line_images([(prior, 0, PREDICTED)], T)}
+            return {
+                "rollouts": line_images([(truth, 0, OBSERVED), (chained, context, PREDICTED)], T, truth),
+                "prior_rollouts": line_images([(prior, 0, PREDICTED)], T),
+            }
         blank = x.new_zeros(len(x), 1, *self.frame_shape)
 
         def frames_at(times):  # true frames at 1-based times, blank where the sequence has none
@@ -309,8 +313,9 @@ class TDVAE(Model, Generative, SequenceModel):
         f = min(J, 6)
         seen = list(range(context - (8 - f) + 1, context + 1))
         pred = self.predict(x[:, :context], range(1, f + 1))
-        rollouts = _rows([frames_at(seen + list(range(context + 1, context + f + 1))),
-                          torch.cat([frames_at(seen), pred], 1)])
+        rollouts = _rows(
+            [frames_at(seen + list(range(context + 1, context + f + 1))), torch.cat([frames_at(seen), pred], 1)]
+        )
         # Two frames seen, then six chained jumps of max_jump (beyond T the truth row is blank).
         start = min(2, T - 1)
         times = [start + J * k for k in range(1, 9 - start)]
@@ -318,8 +323,11 @@ class TDVAE(Model, Generative, SequenceModel):
         jumpy_rows = _rows([frames_at(list(range(1, start + 1)) + times), torch.cat([x[:, :start], jumpy], 1)])
         z = self.prior_states(8)
         prior = torch.cat([self.decode(z).unsqueeze(1), self.rollout(None, [J] * 7, z)], 1)
-        return {"rollouts": rollouts.clamp(0, 1), "jumpy_rollouts": jumpy_rows.clamp(0, 1),
-                "prior_rollouts": prior.flatten(0, 1).clamp(0, 1)}
+        return {
+            "rollouts": rollouts.clamp(0, 1),
+            "jumpy_rollouts": jumpy_rows.clamp(0, 1),
+            "prior_rollouts": prior.flatten(0, 1).clamp(0, 1),
+        }
 
 
 def context_length(length: int, max_jump: int) -> int:
@@ -338,7 +346,9 @@ OBSERVED = (0.6, 0.6, 0.6)
 PREDICTED = (1.0, 0.25, 0.2)
 
 
-def line_images(curves, length: int, scale_from: torch.Tensor | None = None, height: int = 40, px: int = 4) -> torch.Tensor:
+def line_images(
+    curves, length: int, scale_from: torch.Tensor | None = None, height: int = 40, px: int = 4
+) -> torch.Tensor:
     """Curves drawn on black, one image per row: `curves` are (values (N, L), first time step, rgb);
     values at steps offset..offset+L-1 of `length`. The vertical range is that of `scale_from` (N, ...)
     or of all the curves, per image. Returns (N, 3, height, length * px) in [0, 1]."""

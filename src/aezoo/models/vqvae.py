@@ -41,8 +41,11 @@ class ResidualStack(nn.Module):
     def __init__(self, channels: int, hidden: int, layers: int):
         super().__init__()
         self.blocks = nn.ModuleList(
-            nn.Sequential(nn.ReLU(), nn.Conv2d(channels, hidden, 3, padding=1), nn.ReLU(), nn.Conv2d(hidden, channels, 1))
-            for _ in range(layers))
+            nn.Sequential(
+                nn.ReLU(), nn.Conv2d(channels, hidden, 3, padding=1), nn.ReLU(), nn.Conv2d(hidden, channels, 1)
+            )
+            for _ in range(layers)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
@@ -60,8 +63,11 @@ class ConvEncoder(nn.Sequential):
             width = hidden if i == downsample - 1 else hidden // 2
             layers += [nn.Conv2d(c_in, width, 4, stride=2, padding=1), nn.ReLU()]
             c_in = width
-        layers += [nn.Conv2d(c_in, hidden, 3, padding=1), ResidualStack(hidden, residual_hidden, residual_layers),
-                   nn.Conv2d(hidden, c_out, 1)]
+        layers += [
+            nn.Conv2d(c_in, hidden, 3, padding=1),
+            ResidualStack(hidden, residual_hidden, residual_layers),
+            nn.Conv2d(hidden, c_out, 1),
+        ]
         super().__init__(*layers)
 
 
@@ -69,7 +75,10 @@ class ConvDecoder(nn.Sequential):
     """(B, c_in, h, w) -> (B, c_out, h * 2^upsample, w * 2^upsample): the mirror of `ConvEncoder`."""
 
     def __init__(self, c_in: int, c_out: int, hidden: int, residual_hidden: int, residual_layers: int, upsample: int):
-        layers: list[nn.Module] = [nn.Conv2d(c_in, hidden, 3, padding=1), ResidualStack(hidden, residual_hidden, residual_layers)]
+        layers: list[nn.Module] = [
+            nn.Conv2d(c_in, hidden, 3, padding=1),
+            ResidualStack(hidden, residual_hidden, residual_layers),
+        ]
         c = hidden
         for i in range(upsample):
             last = i == upsample - 1
@@ -93,14 +102,19 @@ class VQVAEConfig(ModelConfig, QuantizerConfig):
     def validate(self) -> None:
         if len(self.data_shape) != 3:
             raise AezooError(f"vqvae needs images (C, H, W); the data has shape {tuple(self.data_shape)}")
-        factor = 2 ** self.downsample
+        factor = 2**self.downsample
         if self.data_shape[1] % factor or self.data_shape[2] % factor:
-            raise AezooError(f"model.downsample={self.downsample} needs image sides that are multiples of {factor}; "
-                             f"the data is {self.data_shape[1]}x{self.data_shape[2]} (try data.pad_to)")
+            raise AezooError(
+                f"model.downsample={self.downsample} needs image sides that are multiples of {factor}; "
+                f"the data is {self.data_shape[1]}x{self.data_shape[2]} (try data.pad_to)"
+            )
 
 
-@register("vqvae", "VQ-VAE: codebook with EMA and dead-code restart, gated PixelCNN prior (train-prior), bits/dim",
-          tiny={"hidden": 8, "residual_hidden": 4, "residual_layers": 1, "codebook_size": 8, "code_dim": 4})
+@register(
+    "vqvae",
+    "VQ-VAE: codebook with EMA and dead-code restart, gated PixelCNN prior (train-prior), bits/dim",
+    tiny={"hidden": 8, "residual_hidden": 4, "residual_layers": 1, "codebook_size": 8, "code_dim": 4},
+)
 class VQVAE(CodeModel):
     config_class = VQVAEConfig
 
@@ -128,8 +142,13 @@ class VQVAE(CodeModel):
     def loss(self, x: torch.Tensor, step: int = 0) -> Loss:
         q = self.quantize(x)
         recon = -self.likelihood.log_prob(self.decoder(q.z_q).float(), x).mean()
-        terms = {"recon": recon, "codebook": q.codebook_loss, "commitment": q.commitment_loss,
-                 "perplexity": perplexity(q.counts), "usage": usage(q.counts)}
+        terms = {
+            "recon": recon,
+            "codebook": q.codebook_loss,
+            "commitment": q.commitment_loss,
+            "perplexity": perplexity(q.counts),
+            "usage": usage(q.counts),
+        }
         return Loss(recon + q.loss, terms)
 
     def on_train_start(self, x: torch.Tensor) -> None:

@@ -191,7 +191,8 @@ class VQVAE2(CodeModel):
 
     # --- the discrete-code interface (capabilities.CodeModel) ------------------------------------
     def code_levels(self) -> list[CodeLevel]:
-        (h, w), b, t, k = self.padded, self.config.bottom_downsample, self.config.top_downsample, self.config.codebook_size
+        c = self.config
+        (h, w), b, t, k = self.padded, c.bottom_downsample, c.top_downsample, c.codebook_size
         return [CodeLevel("top", k, (h >> (b + t), w >> (b + t))), CodeLevel("bottom", k, (h >> b, w >> b))]
 
     def codes(self, x: torch.Tensor) -> list[torch.Tensor]:
