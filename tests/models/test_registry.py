@@ -1,20 +1,34 @@
-"""Properties every registered model must have, parametrised over the registry."""
+"""Properties every registered model and prior must have, parametrised over the registry."""
 
 import pytest
 import torch
 
 import aezoo
-from aezoo.registry import MODELS
+from aezoo.models.base import Model
+from aezoo.models.capabilities import Generative
+from aezoo.models.priors import pack_codes
+from aezoo.registry import MODELS, PRIORS, entry
+
+EVERY = sorted(MODELS) + sorted(PRIORS)
 
 
 def tiny(name):
-    model = aezoo.build(name, **MODELS[name].tiny)
-    x = torch.rand(6, *model.config.data_shape).round()  # binary data suits every likelihood
+    model = aezoo.build(name, **entry(name).tiny)
+    g = torch.Generator().manual_seed(0)
+    if name in PRIORS:  # rows of packed code maps, the data a prior is trained on
+        codes = [torch.randint(k, (6, h, w), generator=g) for k, h, w in model.level_shapes]
+        return model, pack_codes(codes)
+    x = torch.rand(6, *model.config.data_shape, generator=g).round()  # binary data suits every likelihood
     return model, x
 
 
-@pytest.fixture(params=sorted(MODELS))
+@pytest.fixture(params=EVERY)
 def name(request):
+    return request.param
+
+
+@pytest.fixture(params=sorted(MODELS))
+def autoencoder(request):
     return request.param
 
 
@@ -36,8 +50,9 @@ def test_gradients_reach_every_parameter(name):
     assert not missing, f"no gradient reaches {missing}"
 
 
-def test_encode_decode_shapes(name):
-    model, x = tiny(name)
+def test_encode_decode_shapes(autoencoder):
+    model, x = tiny(autoencoder)
+    assert isinstance(model, Model)
     model.eval()
     with torch.no_grad():
         z = model.encode(x)
@@ -54,8 +69,29 @@ def test_save_load_round_trip(name, tmp_path):
     assert type(loaded) is type(model) and loaded.config == model.config
     for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), k
+    torch.manual_seed(1)
+    expected = model.loss(x).total
+    torch.manual_seed(1)
+    assert torch.equal(loaded.loss(x).total, expected)
+
+
+def test_saving_over_another_models_folder_loads_what_was_saved(tmp_path):
+    aezoo.build("vae", **MODELS["vae"].tiny).save(tmp_path / "m")
+    ae = aezoo.build("ae", **MODELS["ae"].tiny)
+    ae.save(tmp_path / "m")
+    loaded = aezoo.load(tmp_path / "m")
+    assert type(loaded) is type(ae) and loaded.config == ae.config
+
+
+def test_generative_models_sample_images_in_unit_range(autoencoder):
+    model, _ = tiny(autoencoder)
+    if not isinstance(model, Generative) or getattr(model, "prior", True) is None:
+        pytest.skip(f"{autoencoder} does not sample without a prior")
+    model.eval()
     with torch.no_grad():
-        assert torch.equal(model.encode(x), loaded.encode(x))
+        images = model.sample(3, temperature=0.7)
+    assert images.dim() == 4 and len(images) == 3 and images.shape[1] in (1, 3)
+    assert images.min() >= 0 and images.max() <= 1
 
 
 def test_visuals_are_images_in_unit_range(name):
