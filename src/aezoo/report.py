@@ -1,8 +1,11 @@
 """RUN/report.html: one self-contained page with a run's numbers, losses, plots and config.
 
-Pure file reading (config.json, eval.json, metrics.jsonl, plots/*.png), no model, so it works
-on any run folder, finished or not. Images are embedded as base64 data URIs and the CSS is inline, so the
-file can be mailed or archived alone. Every string from the run folder is HTML-escaped.
+Pure file reading (config.json, eval.json, metrics.jsonl, plots/*.png, and the same of RUN/prior for a
+two-stage model), no model, so it works on any run folder, finished or not. Every number comes with
+its unit, which direction is better and a one-line definition (`glossary`), every picture with a
+caption, and the run with how far it got: steps done of planned, wall time, throughput. Images are
+embedded as base64 data URIs and the CSS is inline, so the file can be mailed or archived alone. Every
+string from the run folder is HTML-escaped.
 """
 
 from __future__ import annotations
@@ -15,9 +18,44 @@ from pathlib import Path
 
 from .errors import AezooError
 from .files import atomic_write_bytes, is_number
+from .glossary import KEYS
 from .runfolder import SPLIT_ORDER, loss_terms, read_metrics
 
-_CSS = """
+# What each picture shows, by file stem (plots/<stem>.png); the title is the stem's words otherwise.
+CAPTIONS = {
+    "reconstructions": "Test images (odd rows) above their reconstructions (the row below).",
+    "reconstructions_top_only": "VQ-VAE-2: test images above reconstructions from the top codes alone, the bottom "
+                                "map filled with the expected bottom code (so it carries no detail of the image): "
+                                "what the coarse level holds. Blank or dark rows mean the decoder relies on the "
+                                "bottom level for everything.",
+    "reconstructions_top_prior": "VQ-VAE-2: test images above reconstructions from their top codes with bottom codes "
+                                 "drawn from the bottom prior.",
+    "samples": "Samples: z drawn from the prior N(0, I), decoded (the mean of p(x|z)).",
+    "prior_samples": "Samples: code maps drawn from the trained prior, decoded.",
+    "interpolations": "Each row: decodings along the straight line between the posterior means of two test images "
+                      "(left: the first image's, right: the second's).",
+    "traversals": "Latent traversals: one row per latent unit, most informative (largest KL) first; along a row "
+                  "that unit sweeps the range of its posterior means on the test batch, the others held at one "
+                  "image's code.",
+    "encoder_filters": "First encoder layer's filters (rows of W1) as images, each stretched to [0, 1].",
+    "decoder_filters": "Last decoder layer's filters (columns of its weight) as images.",
+    "rollouts": "TD-VAE: for each sequence, the true frames (top row) and, below, the frames seen followed by jumpy "
+                "predictions of 1, 2, ... steps from the belief after the last frame seen.",
+    "jumpy_rollouts": "TD-VAE: two frames seen, then chained jumps of max_jump steps (top: truth where the sequence "
+                      "has it).",
+    "prior_rollouts": "TD-VAE: rollouts from the belief before any frame (the model's prior over states).",
+    "loss_curves": "Training (per logged interval) and validation losses against the training step.",
+    "kl_per_dim": "KL of each latent unit on the test split: units near 0 are inactive.",
+    "kl_per_unit_training": "KL of each latent unit on the validation split as training went on.",
+    "codebook_usage": "How often each code is chosen on the evaluated split, most used first.",
+    "codebook_usage_top": "Top level: how often each code is chosen, most used first.",
+    "codebook_usage_bottom": "Bottom level: how often each code is chosen, most used first.",
+    "rollout_mse": "Squared error of the prediction d steps ahead, against copying the last frame seen.",
+    "activations": "Histogram of the penalised units' activations on the evaluated split.",
+    "unit_means": "Histogram of each penalised unit's mean activation (the sparsity penalty pulls it to rho).",
+}
+
+CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
 h1 { font-size: 1.6em; margin-bottom: 0.2em; } h1 small { color: #666; font-weight: normal; }
 h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 1.6em; }
@@ -28,6 +66,9 @@ table table { margin: 0; } table table td, table table th { border-color: #eee; 
 .muted { color: #777; font-style: italic; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 svg.spark { vertical-align: middle; margin-left: 0.5em; }
+figcaption { color: #555; font-size: 0.9em; max-width: 60em; }
+td.meaning { color: #555; font-size: 0.9em; max-width: 40em; }
+.warn { background: #fff4d6; border-left: 4px solid #e0a800; padding: 0.5em 0.8em; }
 """
 
 
@@ -74,7 +115,7 @@ def _list_html(values: list) -> str:
     return f"<code>{escape(json.dumps(values))}</code>"
 
 
-def _value_html(v) -> str:
+def value_html(v) -> str:
     """Any JSON value: dicts become nested tables, lists a compact line, scalars formatted text."""
     if isinstance(v, dict):
         return _table(v)
@@ -87,13 +128,58 @@ def _table(d: dict) -> str:
     if not d:
         return "<span class='muted'>(empty)</span>"
     rows = "".join(
-        f"<tr><th>{escape(str(k))}</th><td{' class=num' if is_number(v) else ''}>{_value_html(v)}</td></tr>"
+        f"<tr><th>{escape(str(k))}</th><td{' class=num' if is_number(v) else ''}>{value_html(v)}</td></tr>"
         for k, v in d.items()
     )
     return f"<table>{rows}</table>"
 
 
-def _read_json(path: Path) -> tuple[object, str | None]:
+def _eval_html(results: dict) -> str:
+    """The eval.json numbers with their unit, better direction and meaning."""
+    rows = []
+    for k, v in results.items():
+        key = KEYS.get(k)
+        unit, better, meaning = (key.unit, key.better, key.meaning) if key else ("", "", "")
+        arrow = {"lower": "&darr; lower is better", "higher": "&uarr; higher is better"}.get(better, "")
+        rows.append(f"<tr><th>{escape(str(k))}</th><td{' class=num' if is_number(v) else ''}>{value_html(v)}</td>"
+                    f"<td>{escape(unit)}</td><td>{arrow}</td><td class=meaning>{escape(meaning)}</td></tr>")
+    head = "<tr><th>key</th><th>value</th><th>unit</th><th></th><th>meaning</th></tr>"
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _progress_html(config: dict, records: list[dict]) -> str:
+    """Steps done of planned, epochs, wall time and throughput, from config.json and metrics.jsonl."""
+    train = [r for r in records if r["split"] == "train"]
+    if not train:
+        return "<p class='muted'>No training step logged yet.</p>"
+    t = config.get("train", {}) if isinstance(config.get("train"), dict) else {}
+    done = int(train[-1]["step"])
+    per_epoch = next((r["step"] / r["epoch"] for r in train if is_number(r.get("epoch")) and r["epoch"] > 0), None)
+    planned = t.get("steps") or (round(t["epochs"] * per_epoch) if per_epoch and is_number(t.get("epochs")) else None)
+    # time_s restarts at 0 when a run is resumed: add up the segments
+    wall, last = 0.0, 0.0
+    for r in train:
+        now = r.get("time_s", 0.0) if is_number(r.get("time_s")) else 0.0
+        wall += now - last if now >= last else now
+        last = now
+    rates = sorted(r["samples_per_s"] for r in train if is_number(r.get("samples_per_s")))
+    facts = {"steps done": f"{done:,}" + (f" of {planned:,} planned" if planned else "")}
+    if per_epoch:
+        facts["epochs"] = f"{done / per_epoch:.3g}"
+    facts["training wall time"] = f"{wall:,.0f} s"
+    if rates:
+        facts["training samples/s (median)"] = f"{rates[len(rates) // 2]:,.0f}"
+    data = config.get("data", {}) if isinstance(config.get("data"), dict) else {}
+    facts["data"] = ", ".join(f"{k} {v}" for k, v in data.items() if v not in ("", 0, None))
+    rows = "".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in facts.items())
+    warn = ""
+    if planned and done < planned:
+        warn = (f"<p class=warn>This run stopped at step {done:,} of {planned:,} ({done / planned:.0%}): the numbers "
+                "below describe a model that has not finished training (<code>aezoo resume</code> continues it).</p>")
+    return warn + f"<table>{rows}</table>"
+
+
+def read_json_or_why(path: Path) -> tuple[object, str | None]:
     """(contents, None), or (None, why not)."""
     if not path.is_file():
         return None, "missing"
@@ -130,19 +216,38 @@ def _title_from_name(stem: str) -> str:
     return text[:1].upper() + text[1:]
 
 
+def figure_html(png: Path, title: str | None = None) -> str:
+    """One embedded picture with its title and caption (`CAPTIONS`)."""
+    title = escape(title or _title_from_name(png.stem))
+    caption = CAPTIONS.get(png.stem)
+    try:
+        data = base64.b64encode(png.read_bytes()).decode("ascii")
+    except OSError as e:
+        return f"<h3>{title}</h3><p class='muted'>unreadable: {escape(str(e))}</p>"
+    text = f"<figcaption>{escape(caption)}</figcaption>" if caption else ""
+    return f"<figure><h3>{title}</h3><img alt='{title}' src='data:image/png;base64,{data}'>{text}</figure>"
+
+
 def _figures_html(run: Path) -> str:
     pngs = sorted((run / "plots").glob("*.png"))
     if not pngs:
         return "<p class='muted'>No plots yet (run <code>aezoo report</code> to draw them).</p>"
-    parts = []
-    for png in pngs:
-        title = escape(_title_from_name(png.stem))
-        try:
-            data = base64.b64encode(png.read_bytes()).decode("ascii")
-        except OSError as e:
-            parts.append(f"<h3>{title}</h3><p class='muted'>unreadable: {escape(str(e))}</p>")
-            continue
-        parts.append(f"<figure><h3>{title}</h3><img alt='{title}' src='data:image/png;base64,{data}'></figure>")
+    return "\n".join(figure_html(png) for png in pngs)
+
+
+def _prior_html(run: Path) -> str:
+    """Stage 2 of a two-stage model: the prior's progress, losses, numbers and config (RUN/prior)."""
+    prior = run / "prior"
+    config, err = read_json_or_why(prior / "config.json")
+    if err or not isinstance(config, dict):
+        return ""
+    records = read_metrics(prior / "metrics.jsonl")
+    results, eval_err = read_json_or_why(prior / "eval.json")
+    parts = [f"<h2>Prior ({escape(str(config.get('model_name', '')))}, stage 2)</h2>",
+             _progress_html(config, records), "<h3>Last losses</h3>", _losses_html(prior / "metrics.jsonl")]
+    if not eval_err and isinstance(results, dict):
+        parts += ["<h3>Evaluation of the prior</h3>", _eval_html(results)]
+    parts.append(f"<details><summary>Prior configuration</summary>{_table(config)}</details>")
     return "\n".join(parts)
 
 
@@ -152,36 +257,41 @@ def render_report(run_dir: str | Path) -> str:
     if not run.is_dir():
         raise AezooError(f"{run}: no such run folder")
     name = run.resolve().name
-    config, config_err = _read_json(run / "config.json")
+    config, config_err = read_json_or_why(run / "config.json")
     model_name = config.get("model_name") if isinstance(config, dict) else None
     model_name = str(model_name) if model_name else "unknown model"
 
-    results, eval_err = _read_json(run / "eval.json")
+    results, eval_err = read_json_or_why(run / "eval.json")
     if eval_err == "missing":
         eval_html = "<p class='muted'>Not evaluated yet (run <code>aezoo eval</code>).</p>"
     elif eval_err:
         eval_html = f"<p class='muted'>eval.json: {escape(eval_err)}</p>"
     else:
-        eval_html = _table(results) if isinstance(results, dict) else _value_html(results)
+        eval_html = _eval_html(results) if isinstance(results, dict) else value_html(results)
 
     if config_err:
         config_html = f"<p class='muted'>config.json: {escape(config_err)}</p>"
     else:
-        config_html = _table(config) if isinstance(config, dict) else _value_html(config)
+        config_html = _table(config) if isinstance(config, dict) else value_html(config)
 
+    records = read_metrics(run / "metrics.jsonl")
+    progress_html = _progress_html(config if isinstance(config, dict) else {}, records)
     title = f"{escape(model_name)} <small>&mdash; {escape(name)}</small>"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>{escape(model_name)} &mdash; {escape(name)}</title>
-<style>{_CSS}</style></head>
+<style>{CSS}</style></head>
 <body>
 <h1>{title}</h1>
+<h2>Training</h2>
+{progress_html}
 <h2>Evaluation</h2>
 {eval_html}
 <h2>Last losses</h2>
 {_losses_html(run / "metrics.jsonl")}
 <h2>Plots</h2>
 {_figures_html(run)}
+{_prior_html(run)}
 <h2>Configuration</h2>
 {config_html}
 </body></html>
