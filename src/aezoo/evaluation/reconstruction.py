@@ -17,14 +17,20 @@ def psnr(mse_per_dim: float) -> float:
 @evaluator(lambda model, ds: ds.kind in ("image", "vector"))
 @torch.no_grad()
 def reconstruction(ctx: EvalContext) -> dict:
-    """recon_mse: squared error summed over data dimensions; psnr: from the mean squared error per
-    dimension, for data in [0, 1]; recon_bce: Bernoulli cross-entropy of the reconstruction's mean."""
+    """recon_mse: squared error summed over data dimensions. For data in [0, 1] (images, and vectors that
+    lie there) also psnr, from the mean squared error per dimension, and recon_bce, the Bernoulli
+    cross-entropy of the reconstruction's mean; neither means anything for other real values."""
     sq, bce, n, dims = 0.0, 0.0, 0, 0
+    unit_range = True
     for x in ctx.progress(ctx.batches(), "reconstruction"):
         r = ctx.model.reconstruct(x)
         sq += float(((r - x) ** 2).flatten(1).sum())
-        p = r.clamp(1e-6, 1 - 1e-6)
-        bce += float(-(x * p.log() + (1 - x) * (1 - p).log()).flatten(1).sum())
+        unit_range = unit_range and bool(x.min() >= 0) and bool(x.max() <= 1)
+        if unit_range:
+            p = r.clamp(1e-6, 1 - 1e-6)
+            bce += float(-(x * p.log() + (1 - x) * (1 - p).log()).flatten(1).sum())
         n, dims = n + len(x), x[0].numel()
     mse = sq / n
+    if not unit_range:
+        return {"recon_mse": mse}
     return {"recon_mse": mse, "recon_bce": bce / n, "psnr": psnr(mse / dims)}
