@@ -8,11 +8,17 @@ resumed from step N ends bit-identical to one that was never interrupted.
 
 Launched by torchrun (WORLD_SIZE > 1), every process trains on its share of each global batch under
 DistributedDataParallel (gloo on CPU, NCCL on GPU); process 0 alone writes the run folder.
+
+A model that declares `capabilities.Adversarial` (FactorVAE) gets a second optimiser for its auxiliary
+network, stepped after the main one each step from the auxiliary loss alone; a `DatasetSized` model
+(beta-TCVAE) gets the train split's size in its config. The engine knows these models by those types
+only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 import time
 import warnings
@@ -29,20 +35,27 @@ from .data import Batches, Dataset, load_dataset
 from .distributed import Processes, init_processes, pick_device
 from .errors import AezooError
 from .files import load_state, save_state, save_weights, write_json
+from .models.capabilities import Adversarial, DatasetSized
 from .optim import make_optimizer, make_schedule
 from .runfolder import RunFolder, append_metrics, truncate_metrics
 
 
 class _LossModule(nn.Module):
-    """Routes `model.loss` through `forward`, which DistributedDataParallel needs to sync gradients."""
+    """Routes `model.loss` through `forward`, which DistributedDataParallel needs to sync gradients.
+    Returns (total, terms, cache): cache is the dict an `Adversarial` model's loss filled for its
+    auxiliary loss (returned, not passed in: DDP may copy its inputs), None for other models."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
     def forward(self, x, step):
+        if isinstance(self.model, Adversarial):
+            cache: dict = {}
+            out = self.model.loss(x, step, cache)
+            return out.total, out.terms, cache
         out = self.model.loss(x, step)
-        return out.total, out.terms
+        return out.total, out.terms, None
 
 
 class NonFinite(AezooError):
@@ -59,7 +72,15 @@ class Trainer:
                                rank=procs.rank, world=procs.world)
         self.val = Batches(dataset, "val", cfg.eval.batch_size, cfg.data.binarize, seed=t.seed + 1, shuffle=False) if "val" in dataset.x and cfg.data.train_split == "train" else None
         self.total_steps = t.steps or t.epochs * len(self.batches)
-        self.optimizer = make_optimizer(self.model.parameters(), t)
+        # An Adversarial model's auxiliary network has an optimiser of its own (at a constant rate)
+        self.aux_parameters = list(self.model.auxiliary_parameters()) if isinstance(self.model, Adversarial) else []
+        aux_ids = {id(p) for p in self.aux_parameters}
+        self.main_parameters = [p for p in self.model.parameters() if id(p) not in aux_ids]
+        self.optimizer = make_optimizer(self.main_parameters, t)
+        self.aux_optimizer = None
+        if self.aux_parameters:
+            aux_settings = dataclasses.replace(t, **self.model.auxiliary_optimizer())
+            self.aux_optimizer = make_optimizer(self.aux_parameters, aux_settings)
         self.schedule = make_schedule(self.optimizer, t, self.total_steps, len(self.batches))
         self.scaler = torch.amp.GradScaler(device.type) if t.precision == "fp16" else None
         self.skipped_in_a_row = 0
@@ -70,7 +91,7 @@ class Trainer:
 
     # --- checkpoints ----------------------------------------------------------------------------
     def state(self) -> dict:
-        return {
+        state = {
             "step": self.step,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -80,6 +101,9 @@ class Trainer:
             "log_sums": {k: float(v) for k, v in self.log_sums.items()},
             "log_count": self.log_count,
         }
+        if self.aux_optimizer is not None:
+            state["aux_optimizer"] = self.aux_optimizer.state_dict()
+        return state
 
     def gather_rng(self) -> list[dict]:
         """Every process's random generators, indexed by rank."""
@@ -106,6 +130,8 @@ class Trainer:
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
+            if self.aux_optimizer is not None:
+                self.aux_optimizer.load_state_dict(state["aux_optimizer"])
             self.schedule.load_state_dict(state["schedule"])
             if self.scaler:
                 self.scaler.load_state_dict(state["scaler"])
@@ -139,42 +165,76 @@ class Trainer:
         self.model.train()
         return {k: v / n for k, v in sums.items()}
 
+    def _autocast(self):
+        """Autocast when mixed precision is asked (models keep float32 where it matters)."""
+        precision = self.cfg.train.precision
+        if precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
     def _forward(self):
         """The loss function of one step: the model's own, or through DDP when there are several
-        processes; under autocast when mixed precision is asked (models keep float32 where it matters)."""
+        processes; under autocast when mixed precision is asked."""
         module = _LossModule(self.model)
         if self.procs.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             module = nn.parallel.DistributedDataParallel(module, device_ids=ids,
                                                          find_unused_parameters=self.model.skips_parameters)
-        precision = self.cfg.train.precision
-        if precision == "fp32":
+        if self.cfg.train.precision == "fp32":
             return module
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
 
         def autocast_forward(x, step):
-            with torch.autocast(self.device.type, dtype=dtype):
+            with self._autocast():
                 return module(x, step)
 
         return autocast_forward
 
-    def _optimizer_step(self, total: torch.Tensor) -> None:
+    def _auxiliary_loss(self, x: torch.Tensor, cache: dict):
+        """An Adversarial model's auxiliary loss of this step, outside DDP (its gradients are averaged
+        over the processes by `_average_aux_gradients`)."""
+        with self._autocast():
+            return self.model.auxiliary_loss(x, self.step, cache)
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+
+    def _average_aux_gradients(self) -> None:
+        """The auxiliary loss runs outside DDP: its gradients are averaged over processes here, in one
+        all-reduce, so every process's auxiliary network takes the same step."""
+        grads = [p.grad for p in self.aux_parameters if p.grad is not None]
+        if self.procs.world == 1 or not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.procs.world
+        for g, averaged in zip(grads, flat.split([g.numel() for g in grads])):
+            g.copy_(averaged.view_as(g))
+
+    def _optimizer_step(self, total: torch.Tensor, aux_total: torch.Tensor | None = None) -> None:
+        """The main update from `total`, then (Adversarial models) the auxiliary network's from
+        `aux_total` alone: the gradient the main loss left on it is dropped before its backward pass."""
         t = self.cfg.train
+        optimizers = [self.optimizer] if aux_total is None else [self.optimizer, self.aux_optimizer]
         self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is None:
-            total.backward()
-        else:
-            self.scaler.scale(total).backward()
-            self.scaler.unscale_(self.optimizer)
+        self._backward(total)
+        if aux_total is not None:
+            self.aux_optimizer.zero_grad(set_to_none=True)
+            self._backward(aux_total)
+            self._average_aux_gradients()
+        if self.scaler is not None:
+            for optimizer in optimizers:
+                self.scaler.unscale_(optimizer)
         if t.grad_clip:
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(self.main_parameters, t.grad_clip)
             if self.scaler is None and not torch.isfinite(norm):
                 raise self._stopped(f"gradient norm is {float(norm)}")
         if self.scaler is None:
-            self.optimizer.step()
+            for optimizer in optimizers:
+                optimizer.step()
             return
         scale = self.scaler.get_scale()
-        self.scaler.step(self.optimizer)  # skipped when fp16 gradients overflowed
+        for optimizer in optimizers:
+            self.scaler.step(optimizer)  # skipped when fp16 gradients overflowed
         self.scaler.update()
         self.skipped_in_a_row = self.skipped_in_a_row + 1 if self.scaler.get_scale() < scale else 0
         if self.skipped_in_a_row >= 20:  # the scale fell 2^20-fold: not an overflow a scaler can fix
@@ -188,8 +248,8 @@ class Trainer:
             warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
             self.schedule.step()
 
-    def _all_finite(self, total: torch.Tensor) -> bool:
-        ok = torch.isfinite(total.detach()).to(torch.float32)
+    def _all_finite(self, *totals: torch.Tensor) -> bool:
+        ok = torch.stack([torch.isfinite(t.detach()).all() for t in totals]).all().to(torch.float32)
         if self.procs.world > 1:  # every process stops together, or none does
             dist.all_reduce(ok, op=dist.ReduceOp.MIN)
         return bool(ok)
@@ -229,11 +289,17 @@ class Trainer:
         tick_step = self.step
         try:
             while self.step < self.total_steps:
-                total, terms = forward(self.batches.get(self.step), self.step)
-                if not self._all_finite(total):
+                x = self.batches.get(self.step)
+                total, terms, cache = forward(x, self.step)
+                totals = [total]
+                if self.aux_optimizer is not None:
+                    aux = self._auxiliary_loss(x, cache)
+                    totals.append(aux.total)
+                    terms = {**terms, "aux_loss": aux.total, **aux.terms}
+                if not self._all_finite(*totals):
                     name = next((k for k, v in terms.items() if not torch.isfinite(v)), "total")
                     raise self._stopped(f"loss term '{name}' is {float(terms.get(name, total).detach())}")
-                self._optimizer_step(total)
+                self._optimizer_step(*totals)
                 self._schedule_step()
                 self.step += 1
                 for k, v in {"loss": total, **terms}.items():  # summed on the device: no sync per step
@@ -265,6 +331,8 @@ def _prepare(cfg: RunConfig) -> tuple[Dataset, torch.device, Processes]:
     procs = init_processes(device)
     dataset = load_dataset(cfg.data)
     cfg.model.data_shape = dataset.shape
+    if issubclass(registry.entry(cfg.model_name).model_class, DatasetSized) and not cfg.model.dataset_size:
+        cfg.model.dataset_size = len(dataset.x["train"])  # N, for its estimators (0: set here)
     cfg.model.validate()  # the rules that need the data's shape
     return dataset.to(device), device, procs
 

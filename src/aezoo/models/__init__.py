@@ -1,3 +1,3 @@
 """The model families; importing a module registers its models."""
 
-from . import ae, regularised, tdvae, vae, vqvae, vqvae2  # noqa: F401
+from . import ae, beta_tc_vae, dip_vae, factor_vae, regularised, tdvae, vae, vqvae, vqvae2  # noqa: F401

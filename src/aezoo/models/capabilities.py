@@ -12,6 +12,11 @@ attributes. A model opts into a capability by inheriting it and implementing its
   bits/dim then use (codebook health and bits/dim in eval.json).
 - `SequenceModel`: predicts the frames of a sequence ahead, `jump_errors(x, context)` (rollout errors
   in eval.json).
+- `Adversarial`: trains an auxiliary network by its own optimiser against the model (FactorVAE's
+  discriminator): `auxiliary_parameters`, `auxiliary_loss(x, step, cache)`, `auxiliary_optimizer`;
+  the engine keeps a second optimiser for it.
+- `DatasetSized`: the loss needs N, the training set's size (beta-TCVAE): the engine fills the
+  config's `dataset_size` from the train split.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import torch
 
 from .. import registry
 from ..errors import AezooError
-from .base import Model, check_temperature
+from .base import Loss, Model, check_temperature
 
 PRIOR_FOLDER = "prior"  # a code model's prior, inside its run folder
 
@@ -142,3 +147,41 @@ class CodeModel(Model, Generative):
                       "not using it: delete it and run `aezoo train-prior` again", file=sys.stderr)
                 return
             self.attach_prior(prior)
+
+
+class Adversarial(abc.ABC):
+    """A model with an auxiliary network trained against it by an optimiser of its own (the
+    discriminator of FactorVAE). Each training step the engine
+
+    1. calls `loss(x, step, cache)` with an empty dict `cache` (a third argument only these models'
+       losses take), in which the loss leaves detached tensors, then `auxiliary_loss(x, step, cache)`;
+    2. steps the main optimiser, which holds every parameter but `auxiliary_parameters()`, on the main
+       loss's gradient, then the auxiliary optimiser on the auxiliary loss's gradient alone: what the
+       main loss's backward pass left on the auxiliary parameters is dropped, and under several
+       processes their gradients are averaged like the others.
+
+    The auxiliary optimiser is the run's `train` settings with the overrides of `auxiliary_optimizer()`,
+    at a constant learning rate, clipped by nothing; its state is in the checkpoint, and the auxiliary
+    loss and its terms are logged (`aux_loss` and the terms' own names). `auxiliary_loss` must not
+    differentiate the model's other parameters (it reads detached tensors)."""
+
+    @abc.abstractmethod
+    def auxiliary_parameters(self) -> list[torch.nn.Parameter]:
+        """The auxiliary network's parameters, left out of the main optimiser."""
+
+    @abc.abstractmethod
+    def auxiliary_loss(self, x: torch.Tensor, step: int, cache: dict) -> Loss:
+        """The auxiliary network's loss at `step`, from what `loss(x, step, cache)` left in `cache`."""
+
+    def auxiliary_optimizer(self) -> dict:
+        """Overrides of the run's `train` settings (optimizer, lr, betas, eps, weight_decay, momentum)
+        for the auxiliary optimiser."""
+        return {}
+
+
+class DatasetSized:
+    """A marker, nothing to implement: the loss needs N, the number of training examples (beta-TCVAE's
+    estimates of the aggregate posterior). The config holds it as `dataset_size`, 0 meaning "set by
+    the engine": when a run is made the engine fills it from the train split (after data.limit and
+    data.train_split), as it fills data_shape, and config.json keeps it, so a resumed or loaded model
+    has the same N."""

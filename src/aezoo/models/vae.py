@@ -18,6 +18,9 @@ A third trains on the tighter bound itself:
   eq. 8; its gradient weighs each sample's gradient by its normalised importance weight, eq. 14);
   k = 1 is the ELBO with a one-sample estimate of the KL.
 
+The loss is the reconstruction term plus `regulariser(q, z, kl, step)` (beta * KL, or gamma * |KL - C|):
+the hook the disentangling successors of the beta-VAE fill (`factor_vae`, `beta_tc_vae`, `dip_vae`).
+
 `beta_vae` is this class with the defaults of Burgess et al. (2018, appendix) for 64x64 dSprites:
 four 4x4 stride-2 convolutions of 32 channels, two fully connected layers of 256, 10 latent units,
 a Bernoulli likelihood, beta = 4, and latent traversals in its report.
@@ -83,29 +86,45 @@ class VAE(Model, Generative, LikelihoodBound):
 
     def elbo_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One-sample reconstruction term -log p(x|z) (B,) and the KL per latent unit (B, D)."""
+        q, _, recon = self._one_sample(x)
+        return recon, q.kl_standard()
+
+    def _one_sample(self, x: torch.Tensor) -> tuple[DiagonalGaussian, torch.Tensor, torch.Tensor]:
+        """The posterior q(z|x), one reparameterised sample z ~ q(z|x) (B, D) and -log p(x|z) (B,)."""
         q = self.posterior(x)
         z = q.rsample()
-        recon = -self.likelihood.log_prob(self.decoder(z), x)
-        return recon, q.kl_standard()
+        return q, z, -self.likelihood.log_prob(self.decoder(z), x)
 
     def capacity(self, step: int) -> float:
         """C at training step `step`: C_max * min(1, step / capacity_steps) (Burgess et al. 2018)."""
         c = self.config
         return c.capacity_max * (min(1.0, step / c.capacity_steps) if c.capacity_steps else 1.0)
 
-    def loss(self, x: torch.Tensor, step: int = 0) -> Loss:
+    def regulariser(self, q: DiagonalGaussian, z: torch.Tensor, kl: torch.Tensor, step: int,
+                    cache: dict | None = None) -> Loss:
+        """What the loss adds to the reconstruction term: beta * KL, or gamma * |KL - C| for
+        objective="capacity". The hook the disentangling variants fill (factor_vae, beta_tc_vae,
+        dip_vae), given the batch's posterior q, the sample z (B, D) the reconstruction was decoded
+        from, the batch mean of KL(q(z|x) || N(0, I)) and the step. `cache`, a dict when the engine
+        asks for one (`capabilities.Adversarial`), is where a variant leaves detached tensors for the
+        auxiliary loss of the same step."""
+        c = self.config
+        if c.objective == "capacity":
+            capacity = torch.tensor(self.capacity(step), device=kl.device)
+            return Loss(c.gamma * (kl - capacity).abs(), {"capacity": capacity})
+        return Loss(c.beta * kl, {})
+
+    def loss(self, x: torch.Tensor, step: int = 0, cache: dict | None = None) -> Loss:
         c = self.config
         if c.objective == "iwae":
             neg_iwae = self.nll_iwae(x, c.iwae_k).mean()
             return Loss(neg_iwae, {"neg_iwae": neg_iwae})
-        recon, kl_units = self.elbo_parts(x)
+        q, z, recon = self._one_sample(x)
+        kl_units = q.kl_standard()
         recon, kl = recon.mean(), kl_units.sum(1).mean()
-        terms = {"recon": recon, "kl": kl}
-        if c.objective == "capacity":
-            terms["capacity"] = torch.tensor(self.capacity(step), device=kl.device)
-            total = recon + c.gamma * (kl - terms["capacity"]).abs()
-        else:
-            total = recon + c.beta * kl
+        regulariser = self.regulariser(q, z, kl, step, cache)
+        terms = {"recon": recon, "kl": kl, **regulariser.terms}
+        total = recon + regulariser.total
         if c.log_kl_units and not self.training:
             terms.update({f"kl_{i}": v for i, v in enumerate(kl_units.mean(0))})
         return Loss(total, terms)
