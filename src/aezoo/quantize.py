@@ -30,11 +30,70 @@ process 0's state to the others). Distances, EMA statistics and losses are compu
 under mixed precision.
 
 One `VectorQuantizer` is one codebook; a model with several levels (VQ-VAE-2) holds one per level.
+
+The quantiser protocol. `Quantizer` is what the VQ models hold, one per spatial level, made by
+`make_quantizer(cfg)` from `cfg.quantizer`:
+    forward(z_e, step) -> Quantized     quantise (and, in training, learn); `step` is the training step
+    assign(z_e) -> codes                the codes alone, nothing updated
+    lookup(codes) -> z_q                the code vectors of codes (the decoder's input)
+    codebook_size                       K: every code map holds indices in 0..K-1
+    depth                               code maps per position (1, or rvq_depth for residual VQ)
+    code_maps(codes) / join_maps(maps)  codes <-> a list of `depth` maps (B, *S), each a code level
+    expected_code()                     the mean code vector (D,), VQ-VAE-2's stand-in for the bottom map
+    kmeans_init(z_e, iters)             only where there are codebook vectors to place (vq, rvq)
+    terms(q)                            the quantiser's logged terms
+A code level is one integer map (B, *S) of K-way indices, so the priors and bits/dim are the same for
+every quantiser. Four implement it:
+
+- `vq`: `VectorQuantizer`, above.
+- `fsq`: `FiniteScalarQuantizer` (Mentzer et al. 2023, "Finite Scalar Quantization: VQ-VAE Made
+  Simple", sec. 3 and appendix A). Each of the D = len(fsq_levels) dimensions is bounded to L_d levels,
+      f(z) = tanh(z + s) * h - o,  h = (L - 1)(1 - 1e-3) / 2,  o = 1/2 for even L (0 for odd),  s = tan(o / h)
+  (the paper's listing; atanh(o / h), which some implementations use to put f(0) at 0 exactly, is
+  undefined for L = 2, where o > h; both give the same L integers), rounded to the nearest integer with
+  a straight-through gradient
+  (round(f) = f + sg[round(f) - f]: d round / d f = 1) and divided by floor(L / 2), so every value lies
+  on the grid {(i - floor(L/2)) / floor(L/2): i = 0..L-1}. The codebook is implicit, K = prod_d L_d
+  (their recommended levels: (8, 6, 5) for K ~ 2^8, (8, 5, 5, 5) for 2^10, (7, 5, 5, 5, 5) for 2^12,
+  (8, 8, 8, 6, 5) for 2^14, (8, 8, 8, 5, 5, 5) for 2^16); the code index is the mixed-radix number of the
+  digits i_d, index = sum_d i_d prod_{d' < d} L_d' (first dimension least significant). The encoder
+  projects to D = len(fsq_levels) (code_dim must equal it); there is no codebook or commitment loss
+  (both logged as 0), nothing to learn in the quantiser, so codebook_size, beta, codebook_update,
+  ema_*, restart_after are ignored and kmeans_iters is refused.
+- `rvq`: `ResidualVectorQuantizer` (Zeghidour et al. 2021, SoundStream, algorithm 1): rvq_depth
+  `VectorQuantizer`s of K codes each, the i-th quantising the residual r_i = z_e - sum_{j<i} e_j left
+  by the ones before it; z_q = sum_i e_i with the straight-through gradient z_q = z_e + sg[sum_i e_i -
+  z_e]. Each stage has its own codebook and commitment terms on its residual (commitment pulls z_e
+  towards the partial sums; logged summed over the stages), its own EMA, dead-code restart and k-means
+  (stage i on the residuals the stages before it leave). With `rvq_dropout`, a training step uses only
+  the first n_q ~ U{1..depth} stages (SoundStream's quantiser dropout, sec. 3.3, for one model at
+  several bitrates): n_q is drawn from a generator seeded by the step, so every process of a
+  distributed run (whose EMA all-reduces must match) and a resumed run draw the same; the stages
+  after n_q are neither run nor updated, their codes are -1 and their counts 0. In evaluation every
+  stage is used. For the prior each depth is its own code level (`code_maps`: depth maps of K-way
+  codes, depth 1 first), so the prior factorises as p(c_1) p(c_2 | c_1) ... over them with the
+  conditioning on earlier levels it already has, and bits/dim counts every stage's codes:
+  rvq_depth * log2 K bits per position.
+- `gumbel`: `GumbelQuantizer` (Jang et al. 2017, "Categorical Reparameterization with Gumbel-Softmax";
+  as in DALL-E's dVAE, Ramesh et al. 2021, sec. 2.1). A 1x1 projection (a linear map of the D
+  channels) gives logits l over K codes at each position; in training z_q = y E with E the K x D
+  codebook (a parameter) and y = softmax((l + g) / tau) the relaxed one-hot, g ~ Gumbel(0, 1); in
+  evaluation z_q = E[argmax l]. The code is argmax l in both. tau follows a schedule of the training
+  step, tau_start -> tau_end over gumbel_anneal_steps, exponential (tau_start (tau_end/tau_start)^t)
+  or linear, t = min(step / anneal_steps, 1), then stays at tau_end. The loss adds gumbel_kl_weight *
+  KL(q || uniform) in its per-position form, the ELBO's KL for a uniform prior over codes:
+      kl = sum_positions (log K - H(q_pos)),  q_pos = softmax(l_pos),
+  a batch mean of per-example sums like every aezoo term (not the aggregate form log K - H(mean q),
+  which only asks the codes to be used evenly), logged as `kl` beside `tau`; codebook and commitment
+  are logged as 0. beta, codebook_update, ema_*, restart_after are ignored (the codebook learns by
+  gradient, and a restarted vector would not be chosen by the logits) and kmeans_iters is refused.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import abc
+import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -42,20 +101,49 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import choice, number
+from .errors import AezooError
 
 
 @dataclass
 class QuantizerConfig:
-    """The codebook's settings; a VQ model's config inherits them (one set for all its codebooks)."""
+    """The quantiser's settings; a VQ model's config inherits them (one set for all its quantisers).
+    Settings a quantiser has no use for are ignored, those that cannot work refused (`check_quantizer`)."""
 
-    codebook_size: int = number(512, 2)  # K
-    code_dim: int = number(64, 1)  # D
-    beta: float = number(0.25, 0.0)  # weight of the commitment term
-    codebook_update: str = choice("ema", "gradient")
+    quantizer: str = choice("vq", "fsq", "rvq", "gumbel")  # module docstring
+    codebook_size: int = number(512, 2)  # K (vq, gumbel; each stage of rvq); fsq: prod(fsq_levels), this is ignored
+    code_dim: int = number(64, 1)  # D; fsq: must equal len(fsq_levels)
+    beta: float = number(0.25, 0.0)  # weight of the commitment term (vq, rvq)
+    codebook_update: str = choice("ema", "gradient")  # vq, rvq (gumbel: always gradient)
     ema_decay: float = number(0.99, 0.0, 1.0, hi_open=True)  # gamma
     ema_epsilon: float = number(1e-5, 0.0, lo_open=True)  # Laplace smoothing of the counts N_i
-    restart_after: int = number(50, 0)  # restart a code unused for this many training steps (0: never)
-    kmeans_iters: int = number(0, 0)  # k-means iterations on the first batch's encoder outputs (0: off)
+    restart_after: int = number(50, 0)  # restart a code unused for this many training steps (0: never; vq, rvq)
+    kmeans_iters: int = number(0, 0)  # k-means iterations on the first batch's encoder outputs (0: off; vq, rvq)
+    fsq_levels: tuple[int, ...] = (8, 5, 5, 5)  # fsq: levels L_d of each dimension, K = prod L_d (here 1000)
+    rvq_depth: int = number(2, 1)  # rvq: codebooks quantising successive residuals (code levels per spatial level)
+    rvq_dropout: bool = False  # rvq: train each step with the first n_q ~ U{1..depth} codebooks only
+    gumbel_tau_start: float = number(1.0, 0.0, lo_open=True)  # gumbel: temperature at step 0
+    gumbel_tau_end: float = number(1 / 16, 0.0, lo_open=True)  # gumbel: temperature after the annealing (DALL-E's)
+    gumbel_anneal_steps: int = number(5000, 0)  # gumbel: steps from tau_start to tau_end (0: tau_end throughout)
+    gumbel_anneal: str = choice("exponential", "linear")  # gumbel: the temperature's decay between the two
+    gumbel_kl_weight: float = number(1.0, 0.0)  # gumbel: weight of KL(q(code | x) || uniform), per position
+
+    def check_quantizer(self) -> None:
+        """Refuses settings the chosen quantiser cannot honour (AezooError); the ones it does not use are
+        ignored (the comments above say which apply where)."""
+        q = self.quantizer
+        if q == "fsq":
+            if not self.fsq_levels or min(self.fsq_levels) < 2:
+                raise AezooError(f"model.fsq_levels must be one or more levels of at least 2, got {self.fsq_levels}")
+            if self.code_dim != len(self.fsq_levels):
+                raise AezooError(f"model.quantizer=fsq rounds each of the code_dim={self.code_dim} dimensions to its "
+                                 f"own levels: fsq_levels={tuple(self.fsq_levels)} needs "
+                                 f"model.code_dim={len(self.fsq_levels)}")
+        if q in ("fsq", "gumbel") and self.kmeans_iters:
+            raise AezooError(f"model.kmeans_iters places codebook vectors on encoder outputs; model.quantizer={q} "
+                             "has no such codebook (fsq: a fixed grid; gumbel: codes chosen by logits): "
+                             "set kmeans_iters=0")
+        if self.rvq_dropout and q != "rvq":
+            raise AezooError(f"model.rvq_dropout drops residual codebooks: it needs model.quantizer=rvq, not {q}")
 
 
 @dataclass
@@ -63,11 +151,13 @@ class Quantized:
     """What a quantiser returns for encoder outputs z_e of shape (B, D, *S)."""
 
     z_q: torch.Tensor  # (B, D, *S) float32: the codes, with the straight-through gradient to z_e
-    codes: torch.Tensor  # (B, *S) int64: the chosen code at each position
+    codes: torch.Tensor  # (B, *S) int64: the chosen code at each position ((B, depth, *S) for rvq)
     codebook_loss: torch.Tensor  # ||sg[z_e] - e_k||^2, batch mean of per-example sums
     commitment_loss: torch.Tensor  # ||z_e - sg[e_k]||^2, likewise
     loss: torch.Tensor  # codebook_loss + beta * commitment_loss: what the model adds to its own loss
-    counts: torch.Tensor  # (K,) float32: how often each code was chosen (over all processes when training)
+    counts: torch.Tensor  # (K,) float32 ((depth, K) for rvq): how often each code was chosen (over all
+    # processes when training vq or rvq)
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)  # further terms to log (gumbel: kl, tau)
 
 
 def nearest_code(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
@@ -91,7 +181,63 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-class VectorQuantizer(nn.Module):
+class Quantizer(nn.Module, metaclass=abc.ABCMeta):
+    """The quantiser protocol (module docstring): z_e (B, D, *S) -> codes and code vectors."""
+
+    depth = 1  # code maps per position
+    skips_parameters = False  # some training steps leave parameters without a gradient (DDP must look for them)
+
+    @property
+    @abc.abstractmethod
+    def codebook_size(self) -> int:
+        """K: the codes of every code map lie in 0..K-1."""
+
+    @abc.abstractmethod
+    def forward(self, z_e: torch.Tensor, step: int = 0) -> Quantized:
+        """Quantise z_e (B, D, *S) at training step `step`; in training mode, learn from it."""
+
+    @abc.abstractmethod
+    def assign(self, z_e: torch.Tensor) -> torch.Tensor:
+        """The codes of z_e as evaluation chooses them, (B, *S) int64 ((B, depth, *S) for depth > 1);
+        nothing is updated."""
+
+    @abc.abstractmethod
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        """The code vectors z_q (B, D, *S) float32 of codes as `assign` returns them."""
+
+    @abc.abstractmethod
+    def expected_code(self) -> torch.Tensor:
+        """The mean code vector (D,) (under the code frequencies where the quantiser keeps them)."""
+
+    def kmeans_init(self, z_e: torch.Tensor, iters: int) -> None:
+        raise AezooError(f"{type(self).__name__} has no codebook vectors for k-means to place")
+
+    def code_maps(self, codes: torch.Tensor) -> list[torch.Tensor]:
+        """`depth` code maps (B, *S) of K-way indices, each a code level for the prior, first first."""
+        return [codes]
+
+    def join_maps(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """Inverse of `code_maps`: the codes `lookup` takes."""
+        if len(maps) != self.depth:
+            raise AezooError(f"this quantiser makes {self.depth} code map(s) per level, got {len(maps)}")
+        return maps[0]
+
+    def level_names(self, name: str) -> list[str]:
+        """The names of the code levels of one spatial level called `name`."""
+        return [name]
+
+    def terms(self, q: Quantized) -> dict[str, torch.Tensor]:
+        """What the model logs of the quantiser's output: codebook, commitment, perplexity and usage of
+        the codes (per depth, `_depthI`, for several), and the quantiser's own terms."""
+        out = {"codebook": q.codebook_loss, "commitment": q.commitment_loss}
+        counts = q.counts.view(-1, q.counts.shape[-1])
+        for i, c in enumerate(counts):
+            suffix = "" if len(counts) == 1 else f"_depth{i + 1}"
+            out[f"perplexity{suffix}"], out[f"usage{suffix}"] = perplexity(c), usage(c)
+        return {**out, **q.terms}
+
+
+class VectorQuantizer(Quantizer):
     """One K x D codebook: nearest-neighbour quantisation, its losses, and its learning (module docstring)."""
 
     def __init__(self, cfg: QuantizerConfig):
@@ -108,8 +254,16 @@ class VectorQuantizer(nn.Module):
             self.codebook = nn.Parameter(init)
         self.register_buffer("unused_steps", torch.zeros(k, dtype=torch.long))  # training steps since last chosen
 
-    def forward(self, z_e: torch.Tensor) -> Quantized:
+    @property
+    def codebook_size(self) -> int:
+        return len(self.codebook)
+
+    def forward(self, z_e: torch.Tensor, step: int = 0) -> Quantized:
         """Quantise z_e (B, D, *S); in training mode, then update the codebook (EMA) and restart dead codes."""
+        return self.quantize(z_e)[0]
+
+    def quantize(self, z_e: torch.Tensor) -> tuple[Quantized, torch.Tensor]:
+        """`forward`'s output and the chosen code vectors e_k (B, D, *S) as they were before the update."""
         with torch.autocast(z_e.device.type, enabled=False):
             z = z_e.float().movedim(1, -1)  # (B, *S, D)
             flat = z.reshape(-1, z.shape[-1])
@@ -123,8 +277,9 @@ class VectorQuantizer(nn.Module):
             z_q = (flat + (q - flat).detach()).view(z.shape).movedim(-1, 1)
             if self.training:
                 counts = self._update(flat.detach(), codes, counts)
-        return Quantized(z_q, codes.view(z.shape[:-1]), codebook_loss, commitment_loss,
-                         codebook_loss + self.cfg.beta * commitment_loss, counts)
+        out = Quantized(z_q, codes.view(z.shape[:-1]), codebook_loss, commitment_loss,
+                        codebook_loss + self.cfg.beta * commitment_loss, counts)
+        return out, q.detach().view(z.shape).movedim(-1, 1)
 
     @torch.no_grad()
     def assign(self, z_e: torch.Tensor) -> torch.Tensor:
@@ -136,6 +291,11 @@ class VectorQuantizer(nn.Module):
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """The code vectors of indices (B, *S): (B, D, *S) float32."""
         return F.embedding(codes, self.codebook).movedim(-1, 1)
+
+    def expected_code(self) -> torch.Tensor:
+        """The codes' mean weighted by the EMA counts N_i (uniform for a codebook learned by gradient)."""
+        weights = self.ema_count if self.ema else torch.ones_like(self.codebook[:, 0])
+        return (weights[:, None] * self.codebook).sum(0) / weights.sum()
 
     # --- learning the codebook ------------------------------------------------------------------
     @torch.no_grad()
@@ -202,3 +362,218 @@ class VectorQuantizer(nn.Module):
         if self.ema:
             self.ema_sum.copy_(centres)
             self.ema_count.fill_(1.0)
+
+
+# --- finite scalar quantisation ---------------------------------------------------------------------
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """round(x) in value, the identity in gradient: x + sg[round(x) - x]."""
+    return x + (x.round() - x).detach()
+
+
+class FiniteScalarQuantizer(Quantizer):
+    """Each dimension bounded to its levels and rounded; an implicit grid of prod L_d codes (module docstring)."""
+
+    def __init__(self, cfg: QuantizerConfig):
+        super().__init__()
+        levels = torch.tensor(cfg.fsq_levels, dtype=torch.long)
+        half_l = (levels - 1).double() * (1 - 1e-3) / 2
+        offset = (levels % 2 == 0).double() * 0.5
+        basis = torch.cumprod(torch.cat([torch.ones(1, dtype=torch.long), levels[:-1]]), 0)
+        # derived from the config, not weights: kept out of the state dict
+        self.register_buffer("levels", levels, persistent=False)
+        self.register_buffer("basis", basis, persistent=False)  # the mixed radix: prod_{d' < d} L_d'
+        self.register_buffer("half_l", half_l.float(), persistent=False)
+        self.register_buffer("offset", offset.float(), persistent=False)
+        self.register_buffer("shift", torch.tan(offset / half_l).float(), persistent=False)
+        self.register_buffer("half_width", (levels // 2).float(), persistent=False)  # floor(L / 2)
+        self._k = int(levels.prod())
+
+    @property
+    def codebook_size(self) -> int:
+        return self._k
+
+    def bound(self, z: torch.Tensor) -> torch.Tensor:
+        """f(z) = tanh(z + s) h - o over the last axis (D): values whose rounding gives L integers
+        -floor(L/2) .. L - 1 - floor(L/2)."""
+        return torch.tanh(z + self.shift) * self.half_l - self.offset
+
+    def _quantize(self, z_e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z_q (B, *S, D) on the grid with the straight-through gradient, codes (B, *S))."""
+        with torch.autocast(z_e.device.type, enabled=False):
+            b = self.bound(z_e.float().movedim(1, -1))
+            rounded = round_ste(b)
+            digits = (rounded.detach() + self.half_width).long()  # 0..L-1
+            return rounded / self.half_width, (digits * self.basis).sum(-1)
+
+    def forward(self, z_e: torch.Tensor, step: int = 0) -> Quantized:
+        z_q, codes = self._quantize(z_e)
+        counts = torch.bincount(codes.flatten(), minlength=self._k).float()
+        zero = z_q.new_zeros(())
+        return Quantized(z_q.movedim(-1, 1), codes, zero, zero, zero, counts)
+
+    @torch.no_grad()
+    def assign(self, z_e: torch.Tensor) -> torch.Tensor:
+        return self._quantize(z_e)[1]
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        """The grid point of each index: digits i_d = (index // prod_{d'<d} L_d') mod L_d, values
+        (i_d - floor(L/2)) / floor(L/2)."""
+        digits = codes.unsqueeze(-1).div(self.basis, rounding_mode="floor") % self.levels
+        return ((digits - self.half_width) / self.half_width).movedim(-1, 1)
+
+    def expected_code(self) -> torch.Tensor:
+        """The mean of the grid, every code equally likely: ((L - 1) / 2 - floor(L/2)) / floor(L/2) per dimension."""
+        return ((self.levels - 1) / 2 - self.half_width) / self.half_width
+
+
+# --- residual vector quantisation ---------------------------------------------------------------------
+class ResidualVectorQuantizer(Quantizer):
+    """`rvq_depth` `VectorQuantizer`s on successive residuals; z_q is the sum of their codes (module docstring)."""
+
+    def __init__(self, cfg: QuantizerConfig):
+        super().__init__()
+        self.stages = nn.ModuleList(VectorQuantizer(cfg) for _ in range(cfg.rvq_depth))
+        self.depth = cfg.rvq_depth
+        self.dropout = cfg.rvq_dropout
+        self.skips_parameters = cfg.rvq_dropout and cfg.codebook_update == "gradient"  # the dropped codebooks
+
+    @property
+    def codebook_size(self) -> int:
+        return self.stages[0].codebook_size
+
+    def active_depth(self, step: int) -> int:
+        """The stages a forward pass uses: all of them, but in training with quantiser dropout n_q ~ U{1..depth},
+        drawn from a generator seeded by `step` (the same in every process and after a resume)."""
+        if not (self.training and self.dropout):
+            return self.depth
+        return int(torch.randint(1, self.depth + 1, (1,), generator=torch.Generator().manual_seed(step)))
+
+    def forward(self, z_e: torch.Tensor, step: int = 0) -> Quantized:
+        with torch.autocast(z_e.device.type, enabled=False):
+            z = z_e.float()
+            n = self.active_depth(step)
+            codes = torch.full((z.shape[0], self.depth, *z.shape[2:]), -1, dtype=torch.long, device=z.device)
+            counts = z.new_zeros(self.depth, self.codebook_size)
+            residual, total = z, torch.zeros_like(z)
+            codebook_loss = commitment_loss = loss = z.new_zeros(())
+            for i, stage in enumerate(self.stages[:n]):
+                q, e = stage.quantize(residual)  # r_i = z_e - sum_{j<i} sg[e_j]: the commitment term reaches z_e
+                residual, total = residual - e, total + e
+                codes[:, i], counts[i] = q.codes, q.counts
+                codebook_loss, commitment_loss, loss = codebook_loss + q.codebook_loss, \
+                    commitment_loss + q.commitment_loss, loss + q.loss
+            z_q = z + (total - z).detach()
+        return Quantized(z_q, codes, codebook_loss, commitment_loss, loss, counts)
+
+    @torch.no_grad()
+    def assign(self, z_e: torch.Tensor) -> torch.Tensor:
+        residual, codes = z_e.float(), []
+        for stage in self.stages:
+            codes.append(stage.assign(residual))
+            residual = residual - stage.lookup(codes[-1])
+        return torch.stack(codes, 1)
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        """sum_i e_i over the stages, codes (B, depth, *S)."""
+        total = self.stages[0].lookup(codes[:, 0])
+        for i in range(1, self.depth):
+            total = total + self.stages[i].lookup(codes[:, i])
+        return total
+
+    def expected_code(self) -> torch.Tensor:
+        return sum(stage.expected_code() for stage in self.stages)
+
+    @torch.no_grad()
+    def kmeans_init(self, z_e: torch.Tensor, iters: int) -> None:
+        """Each stage by k-means on the residuals the stages before it (just initialised) leave."""
+        residual = z_e.detach().float()
+        for stage in self.stages:
+            stage.kmeans_init(residual, iters)
+            residual = residual - stage.lookup(stage.assign(residual))
+
+    def code_maps(self, codes: torch.Tensor) -> list[torch.Tensor]:
+        return list(codes.unbind(1))
+
+    def join_maps(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        if len(maps) != self.depth:
+            raise AezooError(f"this residual quantiser makes {self.depth} code maps per level, got {len(maps)}")
+        return torch.stack(maps, 1)
+
+    def level_names(self, name: str) -> list[str]:
+        return [name] if self.depth == 1 else [f"{name}_depth{i + 1}" for i in range(self.depth)]
+
+
+# --- Gumbel-softmax quantisation --------------------------------------------------------------------
+def gumbel_softmax(logits: torch.Tensor, tau: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """softmax((l + g) / tau) over the last axis, g ~ Gumbel(0, 1) = -log E, E ~ Exp(1)."""
+    e = torch.empty_like(logits).exponential_(generator=generator).clamp_min(torch.finfo(logits.dtype).tiny)
+    return torch.softmax((logits - e.log()) / tau, -1)
+
+
+def kl_to_uniform(logits: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(l) || uniform) = log K - H(softmax(l)) at each position: logits (..., K) -> (...)."""
+    log_q = torch.log_softmax(logits, -1)
+    return (log_q.exp() * log_q).sum(-1) + math.log(logits.shape[-1])
+
+
+class GumbelQuantizer(Quantizer):
+    """Logits over K codes, a relaxed one-hot in training, argmax in evaluation (module docstring)."""
+
+    def __init__(self, cfg: QuantizerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.proj = nn.Linear(cfg.code_dim, cfg.codebook_size)  # the 1x1 projection of z_e's D channels to K logits
+        self.codebook = nn.Parameter(torch.randn(cfg.codebook_size, cfg.code_dim))
+
+    @property
+    def codebook_size(self) -> int:
+        return len(self.codebook)
+
+    def tau(self, step: int) -> float:
+        """The temperature at training step `step` (module docstring)."""
+        c = self.cfg
+        t = min(step / c.gumbel_anneal_steps, 1.0) if c.gumbel_anneal_steps else 1.0
+        if c.gumbel_anneal == "linear":
+            return c.gumbel_tau_start + (c.gumbel_tau_end - c.gumbel_tau_start) * t
+        return c.gumbel_tau_start * (c.gumbel_tau_end / c.gumbel_tau_start) ** t
+
+    def logits(self, z_e: torch.Tensor) -> torch.Tensor:
+        """(B, *S, K) float32."""
+        with torch.autocast(z_e.device.type, enabled=False):
+            return self.proj(z_e.float().movedim(1, -1))
+
+    def forward(self, z_e: torch.Tensor, step: int = 0) -> Quantized:
+        logits = self.logits(z_e)
+        codes = logits.detach().argmax(-1)
+        tau = self.tau(step)
+        with torch.autocast(z_e.device.type, enabled=False):
+            if self.training:
+                z_q = gumbel_softmax(logits, tau) @ self.codebook
+            else:
+                z_q = F.embedding(codes, self.codebook)
+            kl = kl_to_uniform(logits).sum() / z_e.shape[0]
+        counts = torch.bincount(codes.flatten(), minlength=self.codebook_size).float()
+        zero = kl.new_zeros(())
+        return Quantized(z_q.movedim(-1, 1), codes, zero, zero, self.cfg.gumbel_kl_weight * kl, counts,
+                         {"kl": kl, "tau": torch.tensor(tau, device=kl.device)})
+
+    @torch.no_grad()
+    def assign(self, z_e: torch.Tensor) -> torch.Tensor:
+        return self.logits(z_e).argmax(-1)
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        return F.embedding(codes, self.codebook).movedim(-1, 1)
+
+    def expected_code(self) -> torch.Tensor:
+        """The codebook's plain mean (the quantiser keeps no code frequencies)."""
+        return self.codebook.mean(0)
+
+
+QUANTIZERS = {"vq": VectorQuantizer, "fsq": FiniteScalarQuantizer, "rvq": ResidualVectorQuantizer,
+              "gumbel": GumbelQuantizer}
+
+
+def make_quantizer(cfg: QuantizerConfig) -> Quantizer:
+    """The quantiser `cfg.quantizer` names, after `cfg.check_quantizer()`."""
+    cfg.check_quantizer()
+    return QUANTIZERS[cfg.quantizer](cfg)

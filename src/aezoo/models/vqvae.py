@@ -17,6 +17,13 @@ p(x | z_q) is by default the discretised logistic of 8-bit pixels (a probability
 values, so that -log p(x) is bounded: bits/dim in `aezoo.evaluation.codes`); `bernoulli` suits binarised data and
 `gaussian` (fixed sigma: the paper's squared error) has no bits/dim. Stage 2 (`aezoo train-prior`)
 fits a gated PixelCNN over the code maps, after which `sample` draws images.
+
+The quantiser is chosen by `model.quantizer` (`aezoo.quantize`): `vq` (the above, the default),
+`fsq` (finite scalar quantisation: set code_dim to len(fsq_levels)), `rvq` (residual VQ, rvq_depth
+codebooks) or `gumbel` (Gumbel-softmax over K codes, tau annealed with the training step). The loss
+terms are the quantiser's (`Quantizer.terms`: codebook and commitment, 0 for fsq and gumbel; gumbel
+adds `kl` and `tau`). The code levels are the quantiser's code maps: one map `codes`, or for rvq one
+per depth, `codes_depth1`, `codes_depth2`, ..., each a level of the prior.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from torch import nn
 from ..config import ModelConfig, choice, number
 from ..distributions import make_likelihood
 from ..errors import AezooError
-from ..quantize import Quantized, QuantizerConfig, VectorQuantizer, perplexity, usage
+from ..quantize import Quantized, QuantizerConfig, make_quantizer
 from ..registry import register
 from .base import Loss
 from .capabilities import CodeLevel, CodeModel
@@ -108,6 +115,7 @@ class VQVAEConfig(ModelConfig, QuantizerConfig):
                 f"model.downsample={self.downsample} needs image sides that are multiples of {factor}; "
                 f"the data is {self.data_shape[1]}x{self.data_shape[2]} (try data.pad_to)"
             )
+        self.check_quantizer()
 
 
 @register(
@@ -125,11 +133,11 @@ class VQVAE(CodeModel):
         self.likelihood = make_likelihood(config.likelihood, config.sigma)
         arch = (config.hidden, config.residual_hidden, config.residual_layers, config.downsample)
         self.encoder = ConvEncoder(c, config.code_dim, *arch)
-        self.quantizer = VectorQuantizer(config)
+        self.quantizer = make_quantizer(config)
         self.decoder = ConvDecoder(config.code_dim, c * self.likelihood.params_per_dim, *arch)
 
-    def quantize(self, x: torch.Tensor) -> Quantized:
-        return self.quantizer(self.encoder(x))
+    def quantize(self, x: torch.Tensor, step: int = 0) -> Quantized:
+        return self.quantizer(self.encoder(x), step)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The quantised latents z_q (B, D, h, w); `codes(x)` gives their indices."""
@@ -140,16 +148,13 @@ class VQVAE(CodeModel):
         return self.likelihood.mean(self.decoder(z))
 
     def loss(self, x: torch.Tensor, step: int = 0) -> Loss:
-        q = self.quantize(x)
+        q = self.quantize(x, step)
         recon = -self.likelihood.log_prob(self.decoder(q.z_q).float(), x).mean()
-        terms = {
-            "recon": recon,
-            "codebook": q.codebook_loss,
-            "commitment": q.commitment_loss,
-            "perplexity": perplexity(q.counts),
-            "usage": usage(q.counts),
-        }
-        return Loss(recon + q.loss, terms)
+        return Loss(recon + q.loss, {"recon": recon, **self.quantizer.terms(q)})
+
+    @property
+    def skips_parameters(self) -> bool:
+        return self.quantizer.skips_parameters  # rvq's dropped codebooks, when learned by gradient
 
     def on_train_start(self, x: torch.Tensor) -> None:
         if self.config.kmeans_iters:
@@ -160,10 +165,11 @@ class VQVAE(CodeModel):
     def code_levels(self) -> list[CodeLevel]:
         _, h, w = self.config.data_shape
         n = self.config.downsample
-        return [CodeLevel("codes", self.config.codebook_size, (h >> n, w >> n))]
+        k = self.quantizer.codebook_size
+        return [CodeLevel(name, k, (h >> n, w >> n)) for name in self.quantizer.level_names("codes")]
 
     def codes(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [self.quantize(x).codes]
+        return self.quantizer.code_maps(self.quantize(x).codes)
 
     def decoder_params(self, codes: list[torch.Tensor]) -> torch.Tensor:
-        return self.decoder(self.quantizer.lookup(codes[0]))
+        return self.decoder(self.quantizer.lookup(self.quantizer.join_maps(codes)))

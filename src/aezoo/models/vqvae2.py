@@ -10,11 +10,14 @@ with b = `bottom_downsample`, t = `top_downsample` (2 and 1 by default: 32x32 im
 bottom and a 4x4 top map, the paper's 1/4 and 1/8), D_top the top decoder whose output conditions the
 bottom encoder (concatenated), U transposed convolutions that upsample the top codes to the bottom
 map, and D the decoder taking both. Each level has its own codebook (`aezoo.quantize`: EMA with
-Laplace smoothing, dead-code restart, optional k-means; one set of quantiser settings for both). The
+Laplace smoothing, dead-code restart, optional k-means; one set of quantiser settings for both; or
+another quantiser, `model.quantizer=fsq|rvq|gumbel`, see `aezoo.quantize` and `models.vqvae`). The
 loss is
     L = -log p(x | e_top, e_bottom) + sum_level ( ||sg[z_e] - e||^2 + beta ||z_e - sg[e]||^2 )
 logged as `recon`, `codebook_top`, `commitment_top`, `codebook_bottom`, `commitment_bottom`
-(commitment unweighted; with EMA codebooks the codebook terms are logged without gradient).
+(commitment unweighted; with EMA codebooks the codebook terms are logged without gradient), i.e. each
+level's `Quantizer.terms` suffixed with the level's name. The code levels are the top quantiser's code
+maps, then the bottom one's: `top`, `bottom`, or with rvq `top_depth1`, ..., `bottom_depth1`, ...
 
 Image sides need not be multiples of 2^(b+t): the model zero-pads its input symmetrically up to the
 next multiple (MNIST's 28x28 becomes 32x32) and crops the decoder's output back, so p(x | codes) and
@@ -28,9 +31,10 @@ Reconstruction from the top level only (`reconstruct_top_only`, the comparison o
 fig. 3: each level adds detail) replaces the bottom map by one that carries no other information about
 the image: by default one constant vector at every position, the mean of the bottom codebook weighted
 by how often each code is chosen (the EMA counts N_i; uniform for a codebook learned by gradient),
-i.e. the expected bottom code; `fill="zero"` uses zero vectors; `fill="prior"` draws the bottom codes
-from the trained bottom prior given the image's top codes, what the top level alone determines under
-the two-stage model.
+i.e. the expected bottom code (`Quantizer.expected_code`: for rvq the sum of its stages', for fsq the
+grid's mean, for gumbel the codebook's plain mean); `fill="zero"` uses zero vectors; `fill="prior"`
+draws the bottom codes from the trained bottom prior given the image's top codes, what the top level
+alone determines under the two-stage model.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from torch import nn
 from ..config import ModelConfig, choice, number
 from ..distributions import make_likelihood
 from ..errors import AezooError
-from ..quantize import Quantized, QuantizerConfig, VectorQuantizer, perplexity, usage
+from ..quantize import Quantized, QuantizerConfig, make_quantizer
 from ..registry import register
 from . import pixelsnail  # noqa: F401  (registers the default prior)
 from .base import Loss, interleave_rows
@@ -65,6 +69,7 @@ class VQVAE2Config(ModelConfig, QuantizerConfig):
     def validate(self) -> None:
         if len(self.data_shape) != 3:
             raise AezooError(f"vqvae2 needs images (C, H, W); the data has shape {tuple(self.data_shape)}")
+        self.check_quantizer()
 
 
 def _round_up(n: int, factor: int) -> int:
@@ -88,10 +93,10 @@ class VQVAE2(CodeModel):
         arch = (config.hidden, config.residual_hidden, config.residual_layers)
         self.encoder_bottom = ConvEncoder(c, config.hidden, *arch, b)
         self.encoder_top = ConvEncoder(config.hidden, d, *arch, t)
-        self.quantizer_top = VectorQuantizer(config)
+        self.quantizer_top = make_quantizer(config)
         self.decoder_top = ConvDecoder(d, d, *arch, t)  # its output conditions the bottom encoder
         self.bottom_in = nn.Conv2d(config.hidden + d, d, 1)
-        self.quantizer_bottom = VectorQuantizer(config)
+        self.quantizer_bottom = make_quantizer(config)
         ups: list[nn.Module] = []
         for i in range(t):
             ups += [nn.ConvTranspose2d(d, d, 4, stride=2, padding=1)] + ([nn.ReLU()] if i < t - 1 else [])
@@ -110,11 +115,11 @@ class VQVAE2(CodeModel):
         return out[..., top:top + h, left:left + w]
 
     # --- the two levels -------------------------------------------------------------------------
-    def quantize(self, x: torch.Tensor) -> tuple[Quantized, Quantized]:
-        """(top, bottom) quantiser outputs for images x (B, *data_shape)."""
+    def quantize(self, x: torch.Tensor, step: int = 0) -> tuple[Quantized, Quantized]:
+        """(top, bottom) quantiser outputs for images x (B, *data_shape) at training step `step`."""
         h = self.encoder_bottom(self._pad(x))  # (B, hidden, H/2^b, W/2^b)
-        top = self.quantizer_top(self.encoder_top(h))
-        bottom = self.quantizer_bottom(self.bottom_in(torch.cat([h, self.decoder_top(top.z_q)], 1)))
+        top = self.quantizer_top(self.encoder_top(h), step)
+        bottom = self.quantizer_bottom(self.bottom_in(torch.cat([h, self.decoder_top(top.z_q)], 1)), step)
         return top, bottom
 
     def decoder_input(self, z_top: torch.Tensor, z_bottom: torch.Tensor) -> torch.Tensor:
@@ -132,14 +137,17 @@ class VQVAE2(CodeModel):
         return self.likelihood.mean(self._crop(self.decoder(z)))
 
     def loss(self, x: torch.Tensor, step: int = 0) -> Loss:
-        top, bottom = self.quantize(x)
+        top, bottom = self.quantize(x, step)
         out = self._crop(self.decoder(self.decoder_input(top.z_q, bottom.z_q)))
         recon = -self.likelihood.log_prob(out.float(), x).mean()
         terms = {"recon": recon}
-        for name, q in (("top", top), ("bottom", bottom)):
-            terms.update({f"codebook_{name}": q.codebook_loss, f"commitment_{name}": q.commitment_loss,
-                          f"perplexity_{name}": perplexity(q.counts), f"usage_{name}": usage(q.counts)})
+        for name, q, quantizer in (("top", top, self.quantizer_top), ("bottom", bottom, self.quantizer_bottom)):
+            terms.update({f"{k}_{name}": v for k, v in quantizer.terms(q).items()})
         return Loss(recon + top.loss + bottom.loss, terms)
+
+    @property
+    def skips_parameters(self) -> bool:
+        return self.quantizer_top.skips_parameters  # rvq's dropped codebooks, when learned by gradient
 
     def on_train_start(self, x: torch.Tensor) -> None:
         """k-means initialisation of the top codebook, then of the bottom one on the encoder outputs
@@ -158,11 +166,8 @@ class VQVAE2(CodeModel):
     def bottom_fill(self, fill: str = "mean") -> torch.Tensor:
         """The constant bottom code vector (D,) standing in for the bottom map: `mean` (expected code
         under the EMA counts) or `zero` (module docstring)."""
-        if fill == "zero":
-            return torch.zeros_like(self.quantizer_bottom.codebook[0])
-        q = self.quantizer_bottom
-        weights = q.ema_count if q.ema else torch.ones_like(q.codebook[:, 0])
-        return (weights[:, None] * q.codebook).sum(0) / weights.sum()
+        mean = self.quantizer_bottom.expected_code()
+        return torch.zeros_like(mean) if fill == "zero" else mean
 
     def reconstruct_top_only(self, x: torch.Tensor, fill: str = "mean", temperature: float = 1.0,
                              labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -174,7 +179,8 @@ class VQVAE2(CodeModel):
         top = self.quantizer_top(self.encoder_top(self.encoder_bottom(self._pad(x))))
         if fill == "prior":
             prior = self.require_prior()
-            return self.decode_codes(prior.sample(len(x), temperature, labels, given=[top.codes]))
+            given = self.quantizer_top.code_maps(top.codes)
+            return self.decode_codes(prior.sample(len(x), temperature, labels, given=given))
         _, _, h, w = top.z_q.shape
         scale = 2 ** self.config.top_downsample
         z_bottom = self.bottom_fill(fill).view(1, -1, 1, 1).expand(len(x), -1, h * scale, w * scale)
@@ -192,14 +198,19 @@ class VQVAE2(CodeModel):
     # --- the discrete-code interface (capabilities.CodeModel) ------------------------------------
     def code_levels(self) -> list[CodeLevel]:
         c = self.config
-        (h, w), b, t, k = self.padded, c.bottom_downsample, c.top_downsample, c.codebook_size
-        return [CodeLevel("top", k, (h >> (b + t), w >> (b + t))), CodeLevel("bottom", k, (h >> b, w >> b))]
+        (h, w), b, t = self.padded, c.bottom_downsample, c.top_downsample
+        qt, qb = self.quantizer_top, self.quantizer_bottom
+        return [*(CodeLevel(n, qt.codebook_size, (h >> (b + t), w >> (b + t))) for n in qt.level_names("top")),
+                *(CodeLevel(n, qb.codebook_size, (h >> b, w >> b)) for n in qb.level_names("bottom"))]
 
     def codes(self, x: torch.Tensor) -> list[torch.Tensor]:
         top, bottom = self.quantize(x)
-        return [top.codes, bottom.codes]
+        return [*self.quantizer_top.code_maps(top.codes), *self.quantizer_bottom.code_maps(bottom.codes)]
 
     def decoder_params(self, codes: list[torch.Tensor]) -> torch.Tensor:
-        top, bottom = codes
-        z = self.decoder_input(self.quantizer_top.lookup(top), self.quantizer_bottom.lookup(bottom))
+        qt, qb = self.quantizer_top, self.quantizer_bottom
+        if len(codes) != qt.depth + qb.depth:
+            raise AezooError(f"vqvae2 decodes {qt.depth + qb.depth} code maps (top, then bottom), got {len(codes)}")
+        top, bottom = qt.join_maps(codes[:qt.depth]), qb.join_maps(codes[qt.depth:])
+        z = self.decoder_input(qt.lookup(top), qb.lookup(bottom))
         return self._crop(self.decoder(z))
