@@ -1,8 +1,8 @@
 """The user's own array files: vectors and images from .npy/.npz/.csv/.parquet, and the files that are refused."""
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from aezoo.config import DataConfig
 from aezoo.data import load_dataset
@@ -10,6 +10,7 @@ from aezoo.errors import AezooError
 from conftest import run_cli
 
 
+@pytest.mark.slow
 def test_vectors_from_csv_with_a_header_train_an_autoencoder(tmp_path):
     rows = np.random.default_rng(0).random((50, 6)).round(3)
     path = tmp_path / "v.csv"
@@ -18,9 +19,26 @@ def test_vectors_from_csv_with_a_header_train_an_autoencoder(tmp_path):
     assert ds.kind == "vector" and ds.shape == (6,)
     assert [len(ds.x[s]) for s in ("train", "val", "test")] == [40, 5, 5]
     assert np.allclose(ds.x["train"][0].numpy(), rows[0], atol=1e-6)
-    code, _, err = run_cli("train", "ae", "--data", "arrays", "--set", f"data.file={path}", "--out", str(tmp_path / "r"),
-                           "--steps", "3", "--set", "train.batch_size=8", "--set", "model.hidden=[8]",
-                           "--set", "model.recon_loss=mse", "--set", "train.progress=false")
+    code, _, err = run_cli(
+        "train",
+        "ae",
+        "--data",
+        "arrays",
+        "--set",
+        f"data.file={path}",
+        "--out",
+        str(tmp_path / "r"),
+        "--steps",
+        "3",
+        "--set",
+        "train.batch_size=8",
+        "--set",
+        "model.hidden=[8]",
+        "--set",
+        "model.recon_loss=mse",
+        "--set",
+        "train.progress=false",
+    )
     assert code == 0, err
     code, _, err = run_cli("eval", str(tmp_path / "r"))
     assert code == 0, err
@@ -41,8 +59,10 @@ def test_parquet_columns_are_vectors_and_a_list_column_holds_whole_examples(tmp_
 
     rng = np.random.default_rng(0)
     vectors = rng.random((30, 3)).astype(np.float32)
-    pq.write_table(pa.table({"a": vectors[:, 0], "b": vectors[:, 1], "n": (vectors[:, 2] * 100).astype(np.int64)}),
-                   tmp_path / "v.parquet")
+    pq.write_table(
+        pa.table({"a": vectors[:, 0], "b": vectors[:, 1], "n": (vectors[:, 2] * 100).astype(np.int64)}),
+        tmp_path / "v.parquet",
+    )
     ds = load_dataset(DataConfig(name="arrays", file=str(tmp_path / "v.parquet")))
     assert ds.kind == "vector" and ds.shape == (3,) and [len(ds.x[s]) for s in ("train", "val", "test")] == [24, 3, 3]
     assert np.allclose(ds.x["train"][:, :2].numpy(), vectors[:24, :2])
@@ -60,27 +80,36 @@ def _parquet(table_of):
         import pyarrow.parquet as pq
 
         pq.write_table(pa.table(table_of()), path.with_suffix(".parquet"))
+
     return make
 
 
-@pytest.mark.parametrize("make, message", [
-    (_parquet(lambda: {"a": [1.0, None, 3.0, 4.0]}), "column 'a' has missing values"),
-    (_parquet(lambda: {"a": ["x", "y", "z", "w"]}), "column 'a' holds string, not numbers"),
-    (_parquet(lambda: {"x": [[1.0, 2.0], [3.0], [4.0, 5.0], [6.0, 7.0]]}), "differ in length"),
-    (lambda p: p.with_suffix(".parquet").write_bytes(b"PAR1 not really"), "not a readable Parquet file"),
-    (lambda p: np.save(p.with_suffix(".npy"), np.array([[1.0, np.nan]] * 5)), "NaN or infinite"),
-    (lambda p: np.save(p.with_suffix(".npy"), np.zeros(5)), "expected 2 dimensions or 3 dimensions or 4 dimensions"),
-    (lambda p: np.save(p.with_suffix(".npy"), np.array([["a", "b"]] * 5)), "must hold numbers"),
-    (lambda p: np.save(p.with_suffix(".npy"), np.array([{"x": 1}] * 5), allow_pickle=True), "not a readable"),
-    (lambda p: p.with_suffix(".npy").write_bytes(b"\x93NUMPY garbage"), "not a readable"),
-    (lambda p: p.with_suffix(".csv").write_text("1,2\n3,oops\n"), "line 2 is not a list of numbers"),
-    (lambda p: p.with_suffix(".csv").write_text("1,2\n3,4,5\n"), "different numbers of columns"),
-    (lambda p: np.savez(p.with_suffix(".npz"), a=np.zeros((5, 2)), b=np.zeros((5, 2))), "expected arrays named"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (_parquet(lambda: {"a": [1.0, None, 3.0, 4.0]}), "column 'a' has missing values"),
+        (_parquet(lambda: {"a": ["x", "y", "z", "w"]}), "column 'a' holds string, not numbers"),
+        (_parquet(lambda: {"x": [[1.0, 2.0], [3.0], [4.0, 5.0], [6.0, 7.0]]}), "differ in length"),
+        (lambda p: p.with_suffix(".parquet").write_bytes(b"PAR1 not really"), "not a readable Parquet file"),
+        (lambda p: np.save(p.with_suffix(".npy"), np.array([[1.0, np.nan]] * 5)), "NaN or infinite"),
+        (
+            lambda p: np.save(p.with_suffix(".npy"), np.zeros(5)),
+            "expected 2 dimensions or 3 dimensions or 4 dimensions",
+        ),
+        (lambda p: np.save(p.with_suffix(".npy"), np.array([["a", "b"]] * 5)), "must hold numbers"),
+        (lambda p: np.save(p.with_suffix(".npy"), np.array([{"x": 1}] * 5), allow_pickle=True), "not a readable"),
+        (lambda p: p.with_suffix(".npy").write_bytes(b"\x93NUMPY garbage"), "not a readable"),
+        (lambda p: p.with_suffix(".csv").write_text("1,2\n3,oops\n"), "line 2 is not a list of numbers"),
+        (lambda p: p.with_suffix(".csv").write_text("1,2\n3,4,5\n"), "different numbers of columns"),
+        (lambda p: np.savez(p.with_suffix(".npz"), a=np.zeros((5, 2)), b=np.zeros((5, 2))), "expected arrays named"),
+    ],
+)
 def test_bad_array_files_are_refused_with_one_line(tmp_path, make, message):
     make(tmp_path / "d")
     path = next(tmp_path.glob("d.*"))
-    code, _, err = run_cli("train", "ae", "--data", "arrays", "--set", f"data.file={path}", "--out", str(tmp_path / "r"), "--steps", "1")
+    code, _, err = run_cli(
+        "train", "ae", "--data", "arrays", "--set", f"data.file={path}", "--out", str(tmp_path / "r"), "--steps", "1"
+    )
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "r").exists()
 
@@ -102,7 +131,7 @@ def _save_png(path, array):
 def test_an_image_folder_with_class_subfolders_is_split_and_labelled(tmp_path):
     rng = np.random.default_rng(0)
     pictures = {}
-    for c, name in enumerate(("cat", "dog")):
+    for name in ("cat", "dog"):
         for i in range(15):
             pictures[tmp_path / "pets" / name / f"{i:02d}.png"] = a = rng.integers(0, 256, (6, 5), dtype=np.uint8)
             _save_png(tmp_path / "pets" / name / f"{i:02d}.png", a)
@@ -124,8 +153,9 @@ def test_image_folder_splits_colour_and_resizing(tmp_path):
         for i in range(n):
             size = (10, 14) if i % 2 else (12, 12)
             grey = i == 0
-            _save_png(tmp_path / "d" / s / f"{i}.png",
-                      rng.integers(0, 256, size if grey else (*size, 3), dtype=np.uint8))
+            _save_png(
+                tmp_path / "d" / s / f"{i}.png", rng.integers(0, 256, size if grey else (*size, 3), dtype=np.uint8)
+            )
     with pytest.raises(AezooError, match="images differ in size .*set data.image_size"):
         load_dataset(DataConfig(name="images", dir=str(tmp_path / "d")))
     ds = load_dataset(DataConfig(name="images", dir=str(tmp_path / "d"), image_size=8))
@@ -136,14 +166,34 @@ def test_image_folder_splits_colour_and_resizing(tmp_path):
 
 def test_bad_image_folders_are_refused_with_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
-    code, _, err = run_cli("train", "ae", "--data", "images", "--set", f"data.dir={tmp_path / 'empty'}",
-                           "--out", str(tmp_path / "r"), "--steps", "1")
+    code, _, err = run_cli(
+        "train",
+        "ae",
+        "--data",
+        "images",
+        "--set",
+        f"data.dir={tmp_path / 'empty'}",
+        "--out",
+        str(tmp_path / "r"),
+        "--steps",
+        "1",
+    )
     assert code == 2 and "no images for the train split" in err and len(err.strip().splitlines()) == 1, err
     for i in range(5):
         _save_png(tmp_path / "broken" / f"{i}.png", np.zeros((4, 4), dtype=np.uint8))
     (tmp_path / "broken" / "3.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    code, _, err = run_cli("train", "ae", "--data", "images", "--set", f"data.dir={tmp_path / 'broken'}",
-                           "--out", str(tmp_path / "r"), "--steps", "1")
+    code, _, err = run_cli(
+        "train",
+        "ae",
+        "--data",
+        "images",
+        "--set",
+        f"data.dir={tmp_path / 'broken'}",
+        "--out",
+        str(tmp_path / "r"),
+        "--steps",
+        "1",
+    )
     assert code == 2 and "3.png: not a readable image" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "r").exists()
 

@@ -25,6 +25,7 @@ def test_models_and_datasets_are_listed():
     assert code == 0 and "mnist" in out and "read from" in out
 
 
+@pytest.mark.slow
 def test_train_eval_sample_report(vae_run):
     for name in ("config.json", "model.safetensors", "resume.pt", "metrics.jsonl"):
         assert (vae_run / name).is_file()
@@ -88,6 +89,7 @@ def test_truncated_or_mismatched_checkpoint_is_refused(vae_run, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_sample_needs_a_generative_model(tmp_path):
     run = tmp_path / "ae"
     code, _, err = run_cli("train", "ae", "--out", str(run), "--steps", "2", *FAST[:8])

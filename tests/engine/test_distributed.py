@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from aezoo.files import load_weights
@@ -21,6 +22,7 @@ def run(cmd, **kw):
     return done
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
     run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
          "-m", "aezoo", *ARGS, "--out", str(tmp_path / "ddp")])
@@ -39,6 +41,7 @@ def test_two_processes_match_one(tmp_path):
     assert state["step"] == 12 and len(state["rng"]) == 2  # each process's generators, for resume
 
 
+@pytest.mark.slow
 def test_two_processes_resume_exactly(tmp_path):
     torchrun = [
         sys.executable,

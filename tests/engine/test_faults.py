@@ -36,6 +36,7 @@ def aezoo(*args, wait=True):
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 
 
+@pytest.mark.slow
 def test_sigkill_in_and_around_checkpoints_then_resume_is_bit_identical(tmp_path):
     """A checkpoint every step, so that kills land in and between checkpoint writes."""
     args = ["--steps", "80", "--set", "train.checkpoint_every=1", *TINY]
@@ -63,6 +64,7 @@ def test_sigkill_in_and_around_checkpoints_then_resume_is_bit_identical(tmp_path
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_a_second_process_on_the_same_run_is_refused(tmp_path):
     run = tmp_path / "r"
     first = aezoo("train", "vae", "--out", str(run), "--steps", "100000", *TINY, wait=False)
@@ -78,6 +80,7 @@ def test_a_second_process_on_the_same_run_is_refused(tmp_path):
         first.wait()
 
 
+@pytest.mark.slow
 def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     import aezoo.files
 
@@ -128,6 +131,7 @@ class _Exploit:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.slow
 def test_a_resume_state_crafted_to_run_code_is_refused(tmp_path):
     code, _, err = run_cli("train", "vae", "--out", str(tmp_path / "r"), "--steps", "3", *TINY)
     assert code == 0, err
@@ -146,6 +150,7 @@ def test_a_resume_state_crafted_to_run_code_is_refused(tmp_path):
         (lambda b: (10**12).to_bytes(8, "little") + b[8:], "corrupt or truncated"),
     ],
 )
+@pytest.mark.slow
 def test_a_damaged_safetensors_file_is_refused(tmp_path, damage, message):
     code, _, err = run_cli("train", "vae", "--out", str(tmp_path / "r"), "--steps", "2", *TINY)
     assert code == 0, err
@@ -165,6 +170,7 @@ def test_a_damaged_safetensors_file_is_refused(tmp_path, damage, message):
         (lambda c: c.update(model=[1]), "must be a table"),
     ],
 )
+@pytest.mark.slow
 def test_a_broken_config_json_is_refused(tmp_path, edit, message):
     code, _, err = run_cli("train", "vae", "--out", str(tmp_path / "r"), "--steps", "2", *TINY)
     assert code == 0, err
@@ -263,6 +269,7 @@ def test_random_bytes_as_an_idx_file_never_escape_as_a_traceback(tmp_path_factor
         read_idx(path)
 
 
+@pytest.mark.slow
 def test_a_prior_killed_in_training_resumes_bit_identically(tmp_path):
     """Stage 2 trains through the same engine: `aezoo resume RUN/prior` after a SIGKILL ends where an
     uninterrupted prior run ends."""

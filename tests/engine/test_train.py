@@ -25,6 +25,7 @@ def metrics_without_times(run: RunFolder):
     return [{k: v for k, v in rec.items() if k not in ("time_s", "samples_per_s")} for rec in lines]
 
 
+@pytest.mark.slow
 def test_resume_after_a_crash_is_bit_identical(tmp_path, monkeypatch):
     steps = 40  # 12 steps an epoch: the crash and the resume cross epoch boundaries
     whole = train(config(f"train.steps={steps}", "train.checkpoint_every=10", "train.schedule=cosine"), tmp_path / "a")
@@ -48,6 +49,7 @@ def test_resume_after_a_crash_is_bit_identical(tmp_path, monkeypatch):
     assert metrics_without_times(whole) == metrics_without_times(resumed)
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_naming_step_and_term_and_keeps_the_checkpoint(tmp_path, monkeypatch):
     from aezoo.models.vae import VAE
 
@@ -69,6 +71,7 @@ def test_non_finite_loss_stops_naming_step_and_term_and_keeps_the_checkpoint(tmp
     assert torch.load(run.state, weights_only=True)["step"] == 10
 
 
+@pytest.mark.slow
 def test_an_existing_run_is_refused_and_bad_input_writes_nothing(tmp_path):
     run = train(config("train.steps=3"), tmp_path / "r")
     before = sorted(p.name for p in run.path.iterdir())
@@ -82,11 +85,11 @@ def test_an_existing_run_is_refused_and_bad_input_writes_nothing(tmp_path):
 
 def test_a_second_trainer_in_the_same_folder_is_refused(tmp_path):
     run = RunFolder(tmp_path)
-    with run.lock():
-        with pytest.raises(AezooError, match="in use by another aezoo process"):
-            run.lock()
+    with run.lock(), pytest.raises(AezooError, match="in use by another aezoo process"):
+        run.lock()
 
 
+@pytest.mark.slow
 def test_resume_of_a_finished_run_does_nothing(tmp_path, capsys):
     run = train(config("train.steps=4"), tmp_path / "r")
     before = run.weights.read_bytes()
@@ -109,6 +112,7 @@ def test_learning_rate_schedules():
         [1, 10 ** (-1 / 7), 10 ** (-1 / 7), 10 ** (-2 / 7), 10 ** (-2 / 7), 10 ** (-3 / 7)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_trains_and_checkpoints_float32_weights(tmp_path, precision):
     run = train(config("train.steps=6", "train.checkpoint_every=3", f"train.precision={precision}"), tmp_path / "r")
@@ -119,7 +123,9 @@ def test_mixed_precision_trains_and_checkpoints_float32_weights(tmp_path, precis
     assert all(t.dtype == torch.float32 for t in load_weights(run.weights).values())  # weights stay float32
 
 
+@pytest.mark.slow
 def test_a_scaler_that_skips_every_step_stops_the_run(tmp_path, monkeypatch):
-    monkeypatch.setattr(torch.amp.GradScaler, "get_scale", lambda self, _calls=iter(range(10**6, 0, -1)): float(next(_calls)))
+    scales = iter(range(10**6, 0, -1))  # the scale falls at every step: every step was skipped
+    monkeypatch.setattr(torch.amp.GradScaler, "get_scale", lambda self: float(next(scales)))
     with pytest.raises(AezooError, match="overflowed 20 steps in a row"):
         train(config("train.steps=40", "train.precision=fp16"), tmp_path / "r")

@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
 
 import aezoo
 from aezoo import metrics
@@ -16,6 +15,7 @@ from aezoo.data import Batches, load_dataset
 from aezoo.data.dsprites import DSprites, factor_grid
 from aezoo.errors import AezooError
 from aezoo.metrics import estimators
+from conftest import run_cli
 
 GRID = DSprites()
 DISCRETE = GRID.categorical
@@ -162,7 +162,8 @@ def test_traversals_sweep_one_unit_per_row_in_kl_order():
     for row, unit in enumerate(order):
         others = [u for u in range(4) if u != unit]
         assert torch.allclose(z[row][:, others], q.mean[0, others].expand(5, -1))
-        assert torch.allclose(z[row, :, unit], torch.linspace(q.mean[:, unit].min(), q.mean[:, unit].max(), 5), atol=1e-6)
+        sweep = torch.linspace(q.mean[:, unit].min(), q.mean[:, unit].max(), 5)
+        assert torch.allclose(z[row, :, unit], sweep, atol=1e-6)
 
 
 # --- estimators against closed forms ---------------------------------------------------------------
@@ -198,10 +199,15 @@ FAST = {"n_train": 2000, "n_eval": 1000}
 
 def all_scores(codes, factors=FACTORS):
     d = metrics.dci(codes, factors, discrete=DISCRETE)
-    return {"mig": metrics.mig(codes, factors), "betavae": metrics.betavae_score(codes, factors, **FAST),
-            "factorvae": metrics.factorvae_score(codes, factors, **FAST),
-            "sap": metrics.sap(codes, factors, discrete=DISCRETE),
-            "dci_d": d["disentanglement"], "dci_c": d["completeness"], "dci_i": d["informativeness"]}
+    return {
+        "mig": metrics.mig(codes, factors),
+        "betavae": metrics.betavae_score(codes, factors, **FAST),
+        "factorvae": metrics.factorvae_score(codes, factors, **FAST),
+        "sap": metrics.sap(codes, factors, discrete=DISCRETE),
+        "dci_d": d["disentanglement"],
+        "dci_c": d["completeness"],
+        "dci_i": d["informativeness"],
+    }
 
 
 def test_the_factors_themselves_score_the_maximum():
@@ -266,9 +272,16 @@ def test_groups_drawn_from_examples_score_as_groups_drawn_from_the_generator():
     def represent(f):
         f = np.asarray(f, dtype=np.float64)
         n = f.shape[:-1]
-        return np.stack([f[..., 3] + rng.normal(0, 4, n), 0.5 * f[..., 4] + 3 * f[..., 0] + rng.normal(0, 2, n),
-                         np.cos(f[..., 2] * 2 * np.pi / 40) + rng.normal(0, 0.5, n),
-                         f[..., 1] + rng.normal(0, 2, n), rng.normal(size=n)], -1)
+        return np.stack(
+            [
+                f[..., 3] + rng.normal(0, 4, n),
+                0.5 * f[..., 4] + 3 * f[..., 0] + rng.normal(0, 2, n),
+                np.cos(f[..., 2] * 2 * np.pi / 40) + rng.normal(0, 0.5, n),
+                f[..., 1] + rng.normal(0, 2, n),
+                rng.normal(size=n),
+            ],
+            -1,
+        )
 
     g = torch.Generator().manual_seed(5)
     pool = GRID.sample(15_000, g).numpy()
@@ -293,18 +306,40 @@ def test_metrics_check_their_inputs():
 
 
 # --- end to end ------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_cli_reports_every_metric_and_the_plots(tmp_path):
     run = tmp_path / "run"
-    small = ["--set", "model.channels=4,4,4,4", "--set", "model.hidden=16", "--set", "train.batch_size=16",
-             "--set", "eval.metric_samples=600", "--set", "eval.nll_k=2", "--set", "data.limit=200",
-             "--set", "train.progress=false"]
+    small = [
+        "--set",
+        "model.channels=4,4,4,4",
+        "--set",
+        "model.hidden=16",
+        "--set",
+        "train.batch_size=16",
+        "--set",
+        "eval.metric_samples=600",
+        "--set",
+        "eval.nll_k=2",
+        "--set",
+        "data.limit=200",
+        "--set",
+        "train.progress=false",
+    ]
     code, _, err = run_cli("train", "beta_vae", "--steps", "4", "--out", str(run), *small)
     assert code == 0, err
     code, _, err = run_cli("eval", str(run))
     assert code == 0, err
     res = json.loads((run / "eval.json").read_text())
-    for key in ("mig", "betavae_score", "factorvae_score", "dci_disentanglement", "dci_completeness",
-                "dci_informativeness", "sap", "neg_elbo"):
+    for key in (
+        "mig",
+        "betavae_score",
+        "factorvae_score",
+        "dci_disentanglement",
+        "dci_completeness",
+        "dci_informativeness",
+        "sap",
+        "neg_elbo",
+    ):
         assert key in res and math.isfinite(res[key]), key
     assert 0 <= res["betavae_score"] <= 1 and 0 <= res["factorvae_score"] <= 1 and res["metric_samples"] == 600
     code, _, err = run_cli("report", str(run))

@@ -169,6 +169,7 @@ def _run_folder(tmp_path: Path) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_report_full(tmp_path):
     run = _run_folder(tmp_path)
     out = write_report(run)

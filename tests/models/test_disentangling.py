@@ -212,6 +212,7 @@ def _metrics(run: RunFolder):
     return [{k: v for k, v in rec.items() if k not in ("time_s", "samples_per_s")} for rec in lines]
 
 
+@pytest.mark.slow
 def test_factor_vae_resumed_after_a_crash_ends_bit_identical(tmp_path, monkeypatch):
     args = ("train.steps=24", "train.checkpoint_every=8", "train.schedule=cosine")
     whole = train(factor_config(*args), tmp_path / "a")

@@ -12,8 +12,8 @@ from torch import nn
 
 import aezoo
 from aezoo import losses
-from aezoo.evaluation import features as probes
 from aezoo.errors import AezooError
+from aezoo.evaluation import features as probes
 from aezoo.models.ae import reconstruction_error
 from aezoo.models.regularised import fraction_mask, gaussian_noise, iid_mask_noise, mask_noise, salt_pepper_noise
 from conftest import run_cli
@@ -141,7 +141,8 @@ def test_topk_keeps_exactly_k_and_passes_gradient_only_to_them():
     assert (kept.sum(1) == 4).all()
     assert torch.equal(kept, losses.topk_mask(z, 4))
     # the kept units are the 4 largest of each row
-    assert torch.equal(out.detach().sort(1, descending=True).values[:, :4], z.detach().sort(1, descending=True).values[:, :4])
+    largest = z.detach().sort(1, descending=True).values[:, :4]
+    assert torch.equal(out.detach().sort(1, descending=True).values[:, :4], largest)
     w = torch.randn(6, 20)
     (out * w).sum().backward()
     assert torch.equal(z.grad, torch.where(kept, w, torch.zeros_like(w)))
@@ -174,8 +175,9 @@ def test_sparsity_kl_formula():
     expected = rho * torch.log(rho / rho_hat) + (1 - rho) * torch.log((1 - rho) / (1 - rho_hat))
     got = losses.sparsity_kl(rho, rho_hat)
     assert torch.allclose(got, expected)
-    ref = torch.distributions.kl_divergence(torch.distributions.Bernoulli(probs=torch.full_like(rho_hat, rho)),
-                                            torch.distributions.Bernoulli(probs=rho_hat))
+    ref = torch.distributions.kl_divergence(
+        torch.distributions.Bernoulli(probs=torch.full_like(rho_hat, rho)), torch.distributions.Bernoulli(probs=rho_hat)
+    )
     assert torch.allclose(got, ref)
     assert abs(float(got[1])) < 1e-12 and (got[[0, 2, 3]] > 0).all()
 
@@ -215,7 +217,9 @@ def test_sparsity_kl_gradient_reaches_nearly_dead_and_saturated_units():
 
 
 def test_sparse_ae_penalises_the_chosen_layers():
-    m = aezoo.build("sparse_ae", data_shape=SHAPE, hidden=(9, 7), latent_dim=5, penalised_layers=(0, -1), beta=2.5, rho=0.1)
+    m = aezoo.build(
+        "sparse_ae", data_shape=SHAPE, hidden=(9, 7), latent_dim=5, penalised_layers=(0, -1), beta=2.5, rho=0.1
+    )
     x = torch.rand(8, *SHAPE)
     out = m.loss(x)
     layers = m.layers(x)
@@ -272,8 +276,11 @@ def test_stacked_dae_pretrains_one_layer_at_a_time_then_fine_tunes():
     m = aezoo.build("dae", data_shape=SHAPE, hidden=(12, 10), latent_dim=8, pretrain_steps=3)
     x = torch.rand(6, *SHAPE)
     stack = m.stack()
-    assert [(e.in_features, e.out_features, d.in_features, d.out_features) for e, _, d in stack] == \
-        [(36, 12, 12, 36), (12, 10, 10, 12), (10, 8, 8, 10)]
+    assert [(e.in_features, e.out_features, d.in_features, d.out_features) for e, _, d in stack] == [
+        (36, 12, 12, 36),
+        (12, 10, 10, 12),
+        (10, 8, 8, 10),
+    ]
     for step, layer in [(0, 0), (2, 0), (3, 1), (8, 2), (9, None), (10**6, None)]:
         assert m.pretraining_layer(step) == layer
         m.zero_grad()
@@ -328,17 +335,41 @@ def test_linear_probe_separates_linearly_separable_classes():
     codes = centres[y] + torch.randn(600, 20, generator=g)
     assert probes.linear_probe_accuracy(codes[:400], y[:400], codes[400:], y[400:]) == 1.0
     # shuffled labels: chance level
-    assert probes.linear_probe_accuracy(codes[:400], y[:400][torch.randperm(400, generator=g)], codes[400:], y[400:]) < 0.5
+    assert (
+        probes.linear_probe_accuracy(codes[:400], y[:400][torch.randperm(400, generator=g)], codes[400:], y[400:]) < 0.5
+    )
 
 
-FAST = ["--set", "data.limit=300", "--set", "train.batch_size=50", "--set", "model.latent_dim=16",
-        "--set", "train.progress=false", "--set", "eval.probe_train=200"]
+FAST = [
+    "--set",
+    "data.limit=300",
+    "--set",
+    "train.batch_size=50",
+    "--set",
+    "model.latent_dim=16",
+    "--set",
+    "train.progress=false",
+    "--set",
+    "eval.probe_train=200",
+]
 
 
+@pytest.mark.slow
 def test_cli_dae_and_sparse_ae_runs(tmp_path):
     run = tmp_path / "dae"
-    code, _, err = run_cli("train", "dae", "--out", str(run), "--steps", "12", *FAST, "--set", "model.hidden=[24]",
-                           "--set", "model.pretrain_steps=4")
+    code, _, err = run_cli(
+        "train",
+        "dae",
+        "--out",
+        str(run),
+        "--steps",
+        "12",
+        *FAST,
+        "--set",
+        "model.hidden=[24]",
+        "--set",
+        "model.pretrain_steps=4",
+    )
     assert code == 0, err
     code, _, err = run_cli("eval", str(run))
     assert code == 0, err
@@ -365,5 +396,7 @@ def test_visuals_rows_and_filters():
     assert v["denoising"].shape == (72, 1, 28, 28)  # 3 rows of 8 per group, 24 images
     assert torch.equal(v["denoising"][8:16], x[:8])  # the clean row between corrupted and reconstructed
     assert v["encoder_filters"].shape == (64, 1, 28, 28)
-    assert torch.allclose(v["encoder_filters"][0].flatten(), (lambda w: (w - w.min()) / (w.max() - w.min()))(m.encoder.out.weight[0]))
+    assert torch.allclose(
+        v["encoder_filters"][0].flatten(), (lambda w: (w - w.min()) / (w.max() - w.min()))(m.encoder.out.weight[0])
+    )
     assert isinstance(m.code_activation, nn.Sigmoid)

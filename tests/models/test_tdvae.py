@@ -187,6 +187,7 @@ def test_moving_frames_move_one_pixel_per_frame_and_wrap_around():
             assert torch.equal(frames[i, t + 1], frames[i, t].roll(int(d[i]), dims=-1))
 
 
+@pytest.mark.slow
 def test_moving_mnist_is_deterministic_and_made_of_mnist_digits():
     cfg = DataConfig(name="moving_mnist", limit=40)
     a, b = load_dataset(cfg), load_dataset(cfg)
@@ -251,6 +252,7 @@ def test_user_sequences_from_array_files(tmp_path):
         load_dataset(DataConfig(name="sequences"))
 
 
+@pytest.mark.slow
 def test_cli_train_eval_sample_report_on_vector_sequences(tmp_path):
     a = np.sin(np.linspace(0, 6, 8)[None, :, None] + np.arange(30)[:, None, None]).astype(np.float32)
     np.save(tmp_path / "seq.npy", a)

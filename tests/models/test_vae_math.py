@@ -145,6 +145,7 @@ def test_iwae_objective_is_the_bound_and_weighs_gradients_by_normalised_importan
         assert -marginal.log_prob(x).mean() - 0.01 <= out.total.detach() <= model.nll_iwae(x, 1).mean() + 1.0
 
 
+@pytest.mark.slow
 def test_iwae_objective_trains_from_the_cli(tmp_path):
     from conftest import run_cli
 

@@ -232,6 +232,7 @@ def test_cifar10_reads_batches_and_refuses_foreign_pickles(tmp_path):
         load_dataset(DataConfig(name="cifar10", dir=str(folder)))
 
 
+@pytest.mark.slow
 def test_vqvae_on_cifar_then_conditional_prior_sample_and_bits_per_dim(tmp_path):
     import json
 
@@ -320,6 +321,7 @@ def test_vqvae_on_cifar_then_conditional_prior_sample_and_bits_per_dim(tmp_path)
     assert code == 0, err
 
 
+@pytest.mark.slow
 def test_train_prior_refuses_models_without_codes(tmp_path):
     from conftest import run_cli
 
@@ -345,6 +347,7 @@ def test_train_prior_refuses_models_without_codes(tmp_path):
     assert code == 2 and "no trained run" in err
 
 
+@pytest.mark.slow
 def test_ema_statistics_are_summed_over_processes(tmp_path):
     """Two torchrun processes, each quantising half of every batch, keep the EMA codebook one process
     computes on the whole batch (counts and sums all-reduced before the update)."""

@@ -178,6 +178,7 @@ def test_top_only_reconstruction_fills_the_bottom_with_the_expected_code():
 
 
 # --- stage 2 from the command line -------------------------------------------------------------------
+@pytest.mark.slow
 def test_cli_trains_both_priors_samples_and_evaluates(tmp_path):
     run = tmp_path / "run"
     sets = [
