@@ -157,8 +157,8 @@ class Batches:
     def get(self, step: int) -> torch.Tensor:
         """The float batch for `step`, values in [0, 1], binarised if asked."""
         idx = self.indices(step).to(self.x.device)
-        # index_select: the rows self.x[idx] gives, without advanced indexing's overhead (15x for a batch
-        # of MNIST); splits that render their images on demand (dSprites) are indexed as they define
+        # index_select: the rows self.x[idx] gives, without advanced indexing's overhead (bench/speed_paths.py);
+        # splits that render their images on demand (dSprites) are indexed as they define
         rows = self.x.index_select(0, idx) if isinstance(self.x, torch.Tensor) else self.x[idx]
         return prepare(rows, self.ds.scale, self.binarize, mix_seed(self.seed, step, 7), self.rank, self.world)
 

@@ -163,7 +163,7 @@ class TDVAE(Model, Generative, SequenceModel):
         self.likelihood = make_likelihood(c.likelihood_name, c.sigma)
         state = c.latent_dim * c.layers
         self.embed = Encoder(c, self.frame_shape, c.belief_dim)  # the preprocessing before the LSTM
-        # A cell stepped in Python: on CPU, torch's fused nn.LSTM (oneDNN) is ~15x slower at these sizes.
+        # A cell stepped in Python: on CPU, torch's fused nn.LSTM (oneDNN) is slower at these sizes.
         self.lstm = nn.LSTMCell(c.belief_dim, c.belief_dim)
         self.p_b = StateDistribution(c.belief_dim, c.latent_dim, c.layers, c.block_hidden)
         jump = c.max_jump if c.jump_input else 0
