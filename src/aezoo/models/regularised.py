@@ -58,9 +58,9 @@ def fraction_mask(x: torch.Tensor, fraction: float) -> torch.Tensor:
     n = round(fraction * d)
     u = torch.rand(b, d, device=x.device)  # the chosen dimensions: each row's n smallest values
     if 0 < n < d and b:
-        # Selecting the n-th smallest is cheaper than sorting the row (bench/speed_paths.py). Each row of `u <= kth` holds
-        # at least n; more only where the n-th is tied with the (n+1)-th (rare), and then the sort's
-        # order decides, as it always did.
+        # Selecting the n-th smallest is cheaper than sorting the row (bench/speed_paths.py). Each row of
+        # `u <= kth` holds at least n; more only where the n-th is tied with the (n+1)-th (rare), and then
+        # the sort's order decides, as it always did.
         chosen = u <= u.kthvalue(n, 1, keepdim=True).values
         if int(chosen.count_nonzero()) == b * n:
             return chosen.view_as(x)
