@@ -41,11 +41,9 @@ def extract_codes(model: CodeModel, dataset: Dataset, binarize: str, batch_size:
     out = {}
     for split in dataset.x:
         batches = Batches(dataset, split, batch_size, binarize, seed=EVAL_SEED, shuffle=False)
-        labels = dataset.labels.get(split)
         rows = []
         for i in progress(range(len(batches)), f"codes ({split})"):
-            y = None if labels is None else labels[batches.indices(i).to(labels.device)]
-            rows.append(pack_codes(model.codes(batches.get(i)), y).to(torch.int32).cpu())
+            rows.append(pack_codes(model.codes(batches.get(i)), batches.labels(i)).to(torch.int32).cpu())
         out[split] = torch.cat(rows)
     return out
 
