@@ -87,7 +87,7 @@ from common import write_result
 ROOT = Path(__file__).parents[1]
 DEFAULT_THREADS = torch.get_num_threads()
 BURDA = {"backbone": "mlp", "hidden": (200, 200), "activation": "tanh", "latent_dim": 50, "likelihood": "bernoulli"}
-PEER_MLP = {"hidden": (500,), "latent_dim": 100, "activation": "tanh", "recon_loss": "mse"}
+PEER_MLP = {"hidden": (500,), "latent_dim": 100, "activation": "tanh", "likelihood": "gaussian"}
 
 try:
     import pythae

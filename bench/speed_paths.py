@@ -95,7 +95,7 @@ def squared_error(rounds: int) -> dict:
         return go
 
     return pair({"old": run(lambda: ((out - x) ** 2).flatten(1).sum(1)),
-                 "new": run(lambda: reconstruction_error(out, x, "mse"))}, 200, rounds)
+                 "new": run(lambda: reconstruction_error(out, x, "gaussian"))}, 200, rounds)
 
 
 def adam_step(rounds: int) -> dict:

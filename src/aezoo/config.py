@@ -35,7 +35,13 @@ def number(default, lo=None, hi=None, *, lo_open=False, hi_open=False):
 class ModelConfig:
     """Base of every model's config. `data_shape` is filled from the dataset when a run is made."""
 
-    data_shape: tuple[int, ...] = (1, 28, 28)
+    data_shape: tuple[int, ...] = (1, 28, 28)  # one example's shape: set from the data when a run is made
+
+    def fit_to_data(self, shape: tuple[int, ...], size: int, values: str) -> None:
+        """Fills in what the data decides, when a run is made: the shape of one example, and in
+        subclasses the defaults chosen from the data. `size` is the number of training examples, `values`
+        what they are (`data.base.value_kind`: binary, 8bit, unit or real)."""
+        self.data_shape = tuple(shape)
 
     def validate(self) -> None:
         """Raises AezooError for values that are invalid together (called once data_shape is known too)."""
@@ -43,8 +49,9 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "mnist"
+    name: str = "mnist"  # the dataset (`aezoo datasets` lists them)
     dir: str = ""  # a folder of raw files that takes precedence over the bundled copy
+    # dynamic: each pixel drawn 0/1 with its grey level as probability, anew for every batch; static: once
     binarize: str = choice("none", "dynamic", "static")
     train_split: str = choice("train", "train+val")  # train+val: the 60k MNIST training images
     limit: int = number(0, 0)  # use only the first N examples of each split (0: all)
@@ -55,29 +62,29 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = number(10, 1)
+    epochs: int = number(10, 1)  # passes over the training split (unless train.steps is set)
     steps: int = number(0, 0)  # when > 0, train for this many steps instead of epochs
-    batch_size: int = number(100, 1)
-    optimizer: str = choice("adam", "adamw", "sgd")
-    lr: float = number(1e-3, 0.0, 10.0, lo_open=True)
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = number(1e-8, 0.0, 1.0, lo_open=True)
-    momentum: float = number(0.9, 0.0, 1.0)
-    weight_decay: float = number(0.0, 0.0)
+    batch_size: int = number(100, 1)  # examples per step, over all processes
+    optimizer: str = choice("adam", "adamw", "sgd")  # torch's Adam, AdamW or SGD with momentum
+    lr: float = number(1e-3, 0.0, 10.0, lo_open=True)  # learning rate (scaled by train.schedule)
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam's moment decays
+    eps: float = number(1e-8, 0.0, 1.0, lo_open=True)  # Adam's epsilon
+    momentum: float = number(0.9, 0.0, 1.0)  # SGD's momentum
+    weight_decay: float = number(0.0, 0.0)  # L2 penalty (decoupled for adamw)
     # burda2015: stage i lasts 3^i epochs at lr * 10^(-i/7) (Burda et al. 2016, sec. 5)
     schedule: str = choice("constant", "cosine", "linear", "burda2015")
-    warmup_steps: int = number(0, 0)
+    warmup_steps: int = number(0, 0)  # steps of linear learning-rate warm-up from 0
     grad_clip: float = number(0.0, 0.0)  # max global gradient norm (0: off)
-    seed: int = 0
+    seed: int = 0  # initial weights, batches and noise: the same seed gives the same run
     device: str = "auto"  # auto (CUDA when there is one), cpu, cuda, or cuda:N for one GPU
     log_every: int = number(50, 1)  # steps between train lines in metrics.jsonl
     checkpoint_every: int = number(1000, 1)  # steps between checkpoints (one is also written at the end)
     val_every: int = number(0, 0)  # steps between validation passes (0: once an epoch)
-    progress: bool = True
+    progress: bool = True  # show progress on stderr (a bar on a terminal, periodic lines otherwise)
     # Mixed precision: autocast to bf16, or fp16 with a gradient scaler (GPU); fp32 is exact resume's home.
     precision: str = choice("fp32", "bf16", "fp16")
-    # torch's fused optimiser: the same update in one kernel per parameter instead of ~7 (2.4x the Adam
-    # step, 1.25x a CPU MLP step); its rounding differs from the unfused loop's in the last bits
+    # torch's fused optimiser: the same update in one kernel per parameter instead of ~7 (faster: see
+    # bench/speed_paths.py); its rounding differs from the unfused loop's in the last bits
     fused_optimizer: bool = True
 
     def __post_init__(self):
@@ -89,10 +96,11 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    split: str = choice("test", "val", "train")
-    batch_size: int = number(500, 1)
+    split: str = choice("test", "val", "train")  # the split evaluated
+    batch_size: int = number(500, 1)  # examples per evaluation batch
     nll_k: int = number(100, 1)  # importance samples for the IWAE estimate of -log p(x)
-    nll_batch: int = number(5_000, 1)  # decoder evaluations per chunk of the IWAE estimate (a 64x64 conv decoder holds ~0.5 MB per evaluation)
+    # decoder evaluations held at once by the IWAE estimate (a 64x64 conv decoder holds ~0.5 MB per evaluation)
+    nll_batch: int = number(5_000, 1)
     limit: int = number(0, 0)  # evaluate on the first N examples only (0: all)
     metric_samples: int = number(10_000, 100)  # images drawn from the factor grid for the disentanglement metrics
     probe_train: int = number(10_000, 0)  # training examples the feature probes (linear, k-NN) learn from (0: all)

@@ -12,7 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .errors import unknown_name
+from .errors import AezooError, unknown_name
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -161,6 +161,28 @@ class DiscretizedLogistic:
 
 
 LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_learned", "logistic")
+
+
+def default_likelihood(values: str, density: bool) -> str:
+    """The likelihood that fits data whose values are `values` (`data.value_kind`): Bernoulli for data
+    in [0, 1] (for a density, `density=True`, only for binary data: on grey levels it is not normalised),
+    the discretised logistic for 8-bit data, a Gaussian otherwise (with a learned variance for a density;
+    for a plain autoencoder, the squared error)."""
+    if values == "binary" or (not density and values in ("8bit", "unit")):
+        return "bernoulli"
+    if values == "8bit":
+        return "logistic"
+    return "gaussian_learned" if density else "gaussian"
+
+
+def check_likelihood(name: str, values: str, key: str = "model.likelihood") -> None:
+    """Refuses a likelihood that cannot be right for data whose values are `values`."""
+    if name == "bernoulli" and values == "real":
+        raise AezooError(f"{key}=bernoulli needs data in [0, 1]; this data has values outside it "
+                         f"(use {key}=gaussian, or scale the data)")
+    if name == "logistic" and values != "8bit":
+        raise AezooError(f"{key}=logistic is a probability of 8-bit values (256 levels); this data is {values} "
+                         f"(use {key}=bernoulli for binary data, gaussian otherwise)")
 
 
 def make_likelihood(name: str, sigma: float = 1.0):

@@ -32,10 +32,10 @@ ACTIVATIONS = {
 class BackboneConfig:
     """Encoder/decoder architecture. `hidden` are the MLP widths (after the convolutions for conv)."""
 
-    backbone: str = choice("mlp", "conv")
-    hidden: tuple[int, ...] = (512, 256)
+    backbone: str = choice("mlp", "conv")  # fully connected layers, or stride-2 convolutions then them
+    hidden: tuple[int, ...] = (512, 256)  # widths of the fully connected layers (the decoder mirrors them)
     channels: tuple[int, ...] = (32, 64)  # conv only: channels of each stride-2 layer
-    activation: str = choice("relu", *(a for a in ACTIVATIONS if a != "relu"))
+    activation: str = choice("relu", *(a for a in ACTIVATIONS if a != "relu"))  # the hidden layers' nonlinearity
 
     def check_backbone(self, data_shape: tuple[int, ...]) -> None:
         if any(h < 1 for h in self.hidden) or any(c < 1 for c in self.channels):

@@ -10,9 +10,9 @@ Launched by torchrun (WORLD_SIZE > 1), every process trains on its share of each
 DistributedDataParallel (gloo on CPU, NCCL on GPU); process 0 alone writes the run folder.
 
 A model that declares `capabilities.Adversarial` (FactorVAE) gets a second optimiser for its auxiliary
-network, stepped after the main one each step from the auxiliary loss alone; a `DatasetSized` model
-(beta-TCVAE) gets the train split's size in its config. The engine knows these models by those types
-only.
+network, stepped after the main one each step from the auxiliary loss alone. The engine knows these
+models by that type only; what a model's config takes from the data (its shape, the training set's
+size, a likelihood that fits the values) it fills itself (`ModelConfig.fit_to_data`).
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ from tqdm import tqdm
 
 from . import registry
 from .config import RunConfig, run_tree
-from .data import Batches, Dataset, load_dataset
+from .data import EVAL_SEED, Batches, Dataset, load_dataset, value_kind
 from .distributed import Processes, init_processes, pick_device
 from .errors import AezooError
 from .files import load_state, save_state, save_weights, write_json
-from .models.capabilities import Adversarial, DatasetSized
+from .models.capabilities import Adversarial
 from .optim import make_optimizer, make_schedule
 from .runfolder import RunFolder, append_metrics, truncate_metrics
 
@@ -64,13 +64,17 @@ class NonFinite(AezooError):
 
 class Trainer:
     def __init__(self, cfg: RunConfig, run: RunFolder, dataset: Dataset, device: torch.device,
-                 procs: Processes = Processes()):
-        self.cfg, self.run, self.device, self.procs = cfg, run, device, procs
+                 procs: Processes | None = None):
+        self.cfg, self.run, self.device, self.procs = cfg, run, device, procs or Processes()
         t = cfg.train
         self.model = registry.build_from_config(cfg.model_name, cfg.model).to(device)
         self.batches = Batches(dataset, "train", t.batch_size, cfg.data.binarize, seed=t.seed,
                                rank=procs.rank, world=procs.world)
-        self.val = Batches(dataset, "val", cfg.eval.batch_size, cfg.data.binarize, seed=t.seed + 1, shuffle=False) if "val" in dataset.x and cfg.data.train_split == "train" else None
+        self.val = (
+            Batches(dataset, "val", cfg.eval.batch_size, cfg.data.binarize, seed=t.seed + 1, shuffle=False)
+            if "val" in dataset.x and cfg.data.train_split == "train"
+            else None
+        )
         self.total_steps = t.steps or t.epochs * len(self.batches)
         # An Adversarial model's auxiliary network has an optimiser of its own (at a constant rate)
         self.aux_parameters = list(self.model.auxiliary_parameters()) if isinstance(self.model, Adversarial) else []
@@ -107,8 +111,12 @@ class Trainer:
 
     def gather_rng(self) -> list[dict]:
         """Every process's random generators, indexed by rank."""
-        mine = {"cpu": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else torch.empty(0, dtype=torch.uint8)}
+        mine = {
+            "cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(self.device)
+            if self.device.type == "cuda"
+            else torch.empty(0, dtype=torch.uint8),
+        }
         if self.procs.world == 1:
             return [mine]
         everyone = [None] * self.procs.world
@@ -118,8 +126,10 @@ class Trainer:
     def checkpoint(self) -> None:
         bad = [n for n, p in self.model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
         if bad:
-            raise NonFinite(f"step {self.step}: parameter '{bad[0]}' is not finite; checkpoint not written, "
-                            f"the last good one (step {self.last_checkpoint}) is kept in {self.run.path}")
+            raise NonFinite(
+                f"step {self.step}: parameter '{bad[0]}' is not finite; checkpoint not written, "
+                f"the last good one (step {self.last_checkpoint}) is kept in {self.run.path}"
+            )
         state = self.state()  # every process takes part (it gathers their generators)
         if self.procs.main:
             save_state(self.run.state, state)
@@ -144,7 +154,9 @@ class Trainer:
             self.step = self.last_checkpoint = int(state["step"])
             self.log_sums, self.log_count = dict(state["log_sums"]), int(state["log_count"])
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
-            raise AezooError(f"{self.run.state}: resume state does not match this run ({str(e).splitlines()[0]})") from None
+            raise AezooError(
+                f"{self.run.state}: resume state does not match this run ({str(e).splitlines()[0]})"
+            ) from None
         if self.procs.main:  # lines logged after the checkpoint will be written again
             truncate_metrics(self.run.metrics, self.step)
 
@@ -155,13 +167,18 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict:
+        """The loss and its terms on the validation split. Its noise (a VAE's z) comes from its own fixed
+        seed, not the training generators, so validating leaves the training run as it would be without:
+        a finished run trained further equals one trained that long at once."""
         self.model.eval()
         sums, n = {}, 0
-        for x in self.val:
-            out = self.model.loss(x, self.step)
-            for k, v in {"loss": out.total, **out.terms}.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * len(x)
-            n += len(x)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(EVAL_SEED)
+            for x in self.val:
+                out = self.model.loss(x, self.step)
+                for k, v in {"loss": out.total, **out.terms}.items():
+                    sums[k] = sums.get(k, 0.0) + float(v) * len(x)
+                n += len(x)
         self.model.train()
         return {k: v / n for k, v in sums.items()}
 
@@ -178,8 +195,9 @@ class Trainer:
         module = _LossModule(self.model)
         if self.procs.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            module = nn.parallel.DistributedDataParallel(module, device_ids=ids,
-                                                         find_unused_parameters=self.model.skips_parameters)
+            module = nn.parallel.DistributedDataParallel(
+                module, device_ids=ids, find_unused_parameters=self.model.skips_parameters
+            )
         if self.cfg.train.precision == "fp32":
             return module
 
@@ -255,8 +273,10 @@ class Trainer:
         return bool(ok)
 
     def _stopped(self, what: str) -> NonFinite:
-        return NonFinite(f"step {self.step + 1}: {what}; training stopped, the last good checkpoint "
-                         f"(step {self.last_checkpoint}) is kept in {self.run.path}")
+        return NonFinite(
+            f"step {self.step + 1}: {what}; training stopped, the last good checkpoint "
+            f"(step {self.last_checkpoint}) is kept in {self.run.path}"
+        )
 
     def _log_train(self, started: float, tick: float, tick_step: int) -> dict:
         """The means of the terms since the last line (averaged over processes) as one metrics line."""
@@ -267,10 +287,15 @@ class Trainer:
             dist.all_reduce(means)
             means = means.cpu() / self.procs.world
         now = time.perf_counter()
-        record = {"step": self.step, "epoch": self.step / len(self.batches), "split": "train",
-                  **dict(zip(names, means.tolist())), "lr": self.schedule.get_last_lr()[0],
-                  "samples_per_s": (self.step - tick_step) * self.cfg.train.batch_size / max(now - tick, 1e-9),
-                  "time_s": now - started}
+        record = {
+            "step": self.step,
+            "epoch": self.step / len(self.batches),
+            "split": "train",
+            **dict(zip(names, means.tolist())),
+            "lr": self.schedule.get_last_lr()[0],
+            "samples_per_s": (self.step - tick_step) * self.cfg.train.batch_size / max(now - tick, 1e-9),
+            "time_s": now - started,
+        }
         self.log(record)
         self.log_sums, self.log_count = {}, 0
         return record
@@ -283,8 +308,15 @@ class Trainer:
             model.on_train_start(self.batches.get(0))
         forward = self._forward()  # after on_train_start: DDP starts every process from rank 0's weights
         val_every = t.val_every or len(self.batches)
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (t.progress and self.procs.main) or None,
-                   desc=self.cfg.model_name, unit="step", dynamic_ncols=True, file=sys.stderr)
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            disable=not (t.progress and self.procs.main) or None,
+            desc=self.cfg.model_name,
+            unit="step",
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
         started = tick = time.perf_counter()
         tick_step = self.step
         try:
@@ -312,28 +344,31 @@ class Trainer:
                     bar.set_postfix(loss=f"{record['loss']:.4g}")
                     tick, tick_step = time.perf_counter(), self.step
                 if self.val is not None and self.procs.main and (self.step % val_every == 0 or last):
-                    self.log({"step": self.step, "epoch": self.step / len(self.batches), "split": "val", **self.validate()})
+                    self.log(
+                        {"step": self.step, "epoch": self.step / len(self.batches), "split": "val", **self.validate()}
+                    )
                 if self.step % t.checkpoint_every == 0 or last:
                     self.checkpoint()
         except KeyboardInterrupt:
             if self.procs.world == 1:
                 bar.close()
                 self.checkpoint()
-            raise AezooError(f"interrupted at step {self.step}; `aezoo resume {self.run.path}` continues from "
-                             f"step {self.last_checkpoint}") from None
+            raise AezooError(
+                f"interrupted at step {self.step}; `aezoo resume {self.run.path}` continues from "
+                f"step {self.last_checkpoint}"
+            ) from None
         finally:
             bar.close()
 
 
 def _prepare(cfg: RunConfig) -> tuple[Dataset, torch.device, Processes]:
-    """Load the data and fill the model's data shape: everything that can fail before a file is written."""
+    """Load the data and fit the model's config to it (its data shape, and what the config leaves to the
+    data): everything that can fail before a file is written."""
     device = pick_device(cfg.train.device)
     procs = init_processes(device)
     dataset = load_dataset(cfg.data)
-    cfg.model.data_shape = dataset.shape
-    if issubclass(registry.entry(cfg.model_name).model_class, DatasetSized) and not cfg.model.dataset_size:
-        cfg.model.dataset_size = len(dataset.x["train"])  # N, for its estimators (0: set here)
-    cfg.model.validate()  # the rules that need the data's shape
+    cfg.model.fit_to_data(dataset.shape, len(dataset.x["train"]), value_kind(dataset, cfg.data.binarize))
+    cfg.model.validate()  # the rules that need the data
     return dataset.to(device), device, procs
 
 
@@ -349,7 +384,9 @@ def train(cfg: RunConfig, out: str | Path) -> RunFolder:
     """A new run in folder `out` (which must not hold a run already)."""
     run = RunFolder(Path(out))
     if run.config.exists():
-        raise AezooError(f"{run.path} already holds a run: `aezoo resume {run.path}` continues it, or choose another --out")
+        raise AezooError(
+            f"{run.path} already holds a run: `aezoo resume {run.path}` continues it, or choose another --out"
+        )
     trainer = _new_trainer(cfg, run)
     trainer.procs.barrier()  # every process has checked the folder before the first one writes to it
     with _main_process_owns(run, trainer.procs):
@@ -359,12 +396,16 @@ def train(cfg: RunConfig, out: str | Path) -> RunFolder:
     return run
 
 
-def resume(path: str | Path) -> RunFolder:
-    """Continue a run from its last checkpoint (from step 0 if it stopped before the first one)."""
+def resume(path: str | Path, epochs: int | None = None, steps: int | None = None) -> RunFolder | None:
+    """Continue a run from its last checkpoint (from step 0 if it stopped before the first one). With
+    `epochs` or `steps`, the run's budget becomes that many in all (a finished run is trained further;
+    a schedule that depends on the total, cosine or linear, is stretched to the new total from here on).
+    Returns the run folder, or None when the run had already finished (nothing trained)."""
     run = RunFolder(Path(path))
-    if not run.config.exists():
-        raise AezooError(f"{run.path}: no run here (config.json missing)")
+    run.require()
     cfg = registry.load_run_config(run.path)
+    if epochs is not None or steps is not None:
+        cfg.train.epochs, cfg.train.steps = epochs or cfg.train.epochs, steps or 0
     state = load_state(run.state) if run.state.exists() else None
     trainer = _new_trainer(cfg, run)
     with _main_process_owns(run, trainer.procs):
@@ -375,9 +416,9 @@ def resume(path: str | Path) -> RunFolder:
         else:
             trainer.restore(state)
         if trainer.step >= trainer.total_steps:
-            if trainer.procs.main:
-                print(f"{run.path}: already finished ({trainer.step} steps)", file=sys.stderr)
-            return run
+            return None
+        if trainer.procs.main and (epochs is not None or steps is not None):
+            write_json(run.config, run_tree(cfg, registry.entry(cfg.model_name).section))
         trainer.fit()
     return run
 

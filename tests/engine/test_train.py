@@ -90,12 +90,17 @@ def test_a_second_trainer_in_the_same_folder_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_of_a_finished_run_does_nothing(tmp_path, capsys):
-    run = train(config("train.steps=4"), tmp_path / "r")
+def test_resume_of_a_finished_run_does_nothing_unless_the_budget_grows(tmp_path):
+    run = train(config("train.steps=4", "train.checkpoint_every=2"), tmp_path / "r")
     before = run.weights.read_bytes()
-    resume(run.path)
-    assert "already finished" in capsys.readouterr().err
-    assert run.weights.read_bytes() == before
+    assert resume(run.path) is None and run.weights.read_bytes() == before
+    assert resume(run.path, steps=7) == run and run.weights.read_bytes() != before
+    assert json.loads(run.config.read_text())["train"]["steps"] == 7
+    assert torch.load(run.state, weights_only=True)["step"] == 7
+    # trained further in two pieces = trained to 7 at once (the constant schedule does not depend on the total)
+    whole = train(config("train.steps=7", "train.checkpoint_every=2"), tmp_path / "whole")
+    assert load_weights(whole.weights).keys() == load_weights(run.weights).keys()
+    assert all(torch.equal(load_weights(whole.weights)[k], v) for k, v in load_weights(run.weights).items())
 
 
 def test_learning_rate_schedules():

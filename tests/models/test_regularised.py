@@ -224,7 +224,7 @@ def test_sparse_ae_penalises_the_chosen_layers():
     out = m.loss(x)
     layers = m.layers(x)
     kl = sum(losses.sparsity_kl(0.1, layers[i].mean(0)).sum() for i in (0, 2))
-    recon = reconstruction_error(m.decoder(layers[-1]), x, "bce").mean()
+    recon = reconstruction_error(m.decoder(layers[-1]), x, "bernoulli").mean()
     assert torch.allclose(out.terms["sparsity"], kl) and torch.allclose(out.total, recon + 2.5 * kl)
     for bad, msg in [((3,), "not a layer index"), ((0, -3), "twice"), ((), "at least one")]:
         with pytest.raises(AezooError, match=msg):
@@ -268,8 +268,8 @@ def test_dae_reconstructs_the_clean_input():
     noisy = m.corrupt(x)
     assert not torch.equal(noisy, x)
     out_of_noisy = m.decoder(m.code(noisy))
-    assert torch.allclose(out.terms["recon"], reconstruction_error(out_of_noisy, x, "bce").mean())
-    assert not torch.allclose(out.terms["recon"], reconstruction_error(out_of_noisy, noisy, "bce").mean())
+    assert torch.allclose(out.terms["recon"], reconstruction_error(out_of_noisy, x, "bernoulli").mean())
+    assert not torch.allclose(out.terms["recon"], reconstruction_error(out_of_noisy, noisy, "bernoulli").mean())
 
 
 def test_stacked_dae_pretrains_one_layer_at_a_time_then_fine_tunes():
@@ -308,7 +308,7 @@ def test_stacked_dae_pretrains_one_layer_at_a_time_then_fine_tunes():
 def test_plain_ae_is_unchanged():
     m = aezoo.build("ae", data_shape=SHAPE, hidden=(9,), latent_dim=3)
     x = torch.rand(5, *SHAPE)
-    assert torch.equal(m.loss(x).total, reconstruction_error(m.decoder(m.encoder(x)), x, "bce").mean())
+    assert torch.equal(m.loss(x).total, reconstruction_error(m.decoder(m.encoder(x)), x, "bernoulli").mean())
     assert torch.equal(m.encode(x), m.encoder(x))
 
 

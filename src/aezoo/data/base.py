@@ -107,6 +107,26 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     return ds
 
 
+VALUE_KINDS = ("binary", "8bit", "unit", "real")
+
+
+def value_kind(ds: Dataset, binarize: str) -> str:
+    """What the values of the training split are as models see them: `binary` (0 or 1: binarised or
+    binary data), `8bit` (256 levels in [0, 1], stored as uint8), `unit` (other reals in [0, 1]) or
+    `real` (anything else). Decides the default likelihood (`ModelConfig.fit_to_data`)."""
+    if binarize != "none" or ds.kind == "codes":
+        return "binary"
+    x = ds.x["train"]
+    if not isinstance(x, torch.Tensor):  # rendered on demand (dSprites): binary images
+        return "binary"
+    if x.dtype == torch.uint8 and ds.scale == 255.0:
+        return "8bit"
+    lo, hi = float(x.min()) / ds.scale, float(x.max()) / ds.scale
+    if lo < 0 or hi > 1:
+        return "real"
+    return "binary" if bool(((x == 0) | (x == ds.scale)).all()) else "unit"
+
+
 def mix_seed(*parts: int) -> int:
     """A 63-bit seed from integers (seed, epoch or step, ...), stable across runs and platforms."""
     h = 0x9E3779B97F4A7C15

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig, choice, number
+from ..distributions import check_likelihood, default_likelihood
 from ..networks import ACTIVATIONS, BackboneConfig, Decoder, Encoder
 from ..registry import register
 from .base import Loss, Model
@@ -28,15 +29,29 @@ from .base import Loss, Model
 
 @dataclass
 class AEConfig(ModelConfig, BackboneConfig):
-    latent_dim: int = number(32, 1)
-    recon_loss: str = choice("bce", "mse")  # bce: Bernoulli (BCE with logits), for data in [0, 1]
+    latent_dim: int = number(32, 1)  # size of the code
+    # the reconstruction loss: bernoulli (BCE with logits, for data in [0, 1]) or gaussian (squared error);
+    # auto: bernoulli for data in [0, 1], gaussian otherwise, chosen when a run is made (bernoulli without data)
+    likelihood: str = choice("auto", "bernoulli", "gaussian")
     # the code's own nonlinearity (the one-layer AEs of Vincent 2008 and Rifai 2011 have sigmoid codes)
     code_activation: str = choice("linear", *ACTIVATIONS)
 
+    def fit_to_data(self, shape: tuple[int, ...], size: int, values: str) -> None:
+        super().fit_to_data(shape, size, values)
+        if self.likelihood == "auto":
+            self.likelihood = default_likelihood(values, density=False)
+        check_likelihood(self.likelihood, values)
+
+    @property
+    def loss_kind(self) -> str:
+        """The reconstruction loss in use: bernoulli or gaussian."""
+        return "bernoulli" if self.likelihood == "auto" else self.likelihood
+
 
 def reconstruction_error(out: torch.Tensor, x: torch.Tensor, kind: str) -> torch.Tensor:
-    """Per-example error (B,): squared error or BCE with logits, summed over data dimensions."""
-    if kind == "mse":
+    """Per-example error (B,): squared error (gaussian) or BCE with logits (bernoulli), summed over data
+    dimensions."""
+    if kind == "gaussian":
         err = F.mse_loss(out, x, reduction="none")  # (out - x)^2 bit for bit, gradient included, in one kernel
     else:
         err = F.binary_cross_entropy_with_logits(out, x, reduction="none")
@@ -77,7 +92,7 @@ class AE(Model):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         out = self.decoder(z)
-        return torch.sigmoid(out) if self.config.recon_loss == "bce" else out
+        return torch.sigmoid(out) if self.config.loss_kind == "bernoulli" else out
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.sparsify(self.code(x), step=None))
@@ -101,7 +116,7 @@ class AE(Model):
         x_in = self.corrupt(x)
         layers = self.layers(x_in)
         code = self.sparsify(layers[-1], step)
-        recon = reconstruction_error(self.decoder(code), x, self.config.recon_loss).mean()
+        recon = reconstruction_error(self.decoder(code), x, self.config.loss_kind).mean()
         reg = self.penalty(x_in, layers)
         if reg is None:
             return Loss(recon, {"recon": recon})

@@ -26,7 +26,7 @@ log q(z_i) ~ log sum_j w_ij q(z_i | x_j):
 
 The three estimates then add up to log q(z_i|x_i) - log p(z_i) on every sample, the one-sample estimate
 of the KL term whatever the estimator, so their sum is the ELBO's KL in expectation. N is the size of
-the training set: `model.dataset_size`, set by the engine from the train split (`DatasetSized`).
+the training set: `model.dataset_size`, set from the train split when a run is made (`fit_to_data`).
 Logged: mi, tc and dwkl (nats, batch means) besides recon and the analytic kl.
 """
 
@@ -42,7 +42,6 @@ from ..distributions import LOG_2PI, DiagonalGaussian, standard_normal_log_prob
 from ..errors import AezooError
 from ..registry import register
 from .base import Loss
-from .capabilities import DatasetSized
 from .vae import BetaVAE, BetaVAEConfig
 
 
@@ -85,14 +84,18 @@ class BetaTCVAEConfig(BetaVAEConfig):
     beta: float = number(6.0, 0.0)  # weight of the total correlation
     gamma: float = number(1.0, 0.0)  # weight of the dimension-wise KL
     estimator: str = choice("mws", "mss")  # of log q(z): minibatch weighted or stratified sampling
-    dataset_size: int = number(0, 0)  # N, the training set's size; 0: set by the engine from the train split
+    dataset_size: int = number(0, 0)  # N, the training set's size; 0: set from the train split
+
+    def fit_to_data(self, shape: tuple[int, ...], size: int, values: str) -> None:
+        super().fit_to_data(shape, size, values)
+        self.dataset_size = self.dataset_size or size  # after data.limit and data.train_split
 
 
 @register("beta_tc_vae", "beta-TCVAE (Chen 2018): the KL split into MI, total correlation and dimension-wise KL",
           default_data="dsprites",
           tiny={"data_shape": (1, 16, 16), "hidden": (16,), "channels": (4, 4), "latent_dim": 3,
                 "dataset_size": 1000})
-class BetaTCVAE(BetaVAE, DatasetSized):
+class BetaTCVAE(BetaVAE):
     config_class = BetaTCVAEConfig
 
     def regulariser(self, q, z, kl, step, cache=None) -> Loss:

@@ -55,7 +55,7 @@ class FactorVAEConfig(BetaVAEConfig):
     gamma: float = number(35.0, 0.0)  # the TC's weight
     disc_hidden: tuple[int, ...] = (1000,) * 6  # D's hidden layers (leaky ReLU 0.2), then 2 logits
     disc_lr: float = number(1e-4, 0.0, 10.0, lo_open=True)  # D's Adam
-    disc_betas: tuple[float, float] = (0.5, 0.9)
+    disc_betas: tuple[float, float] = (0.5, 0.9)  # the discriminator's Adam betas (Kim & Mnih 2018)
 
     def validate(self) -> None:
         super().validate()

@@ -188,8 +188,8 @@ class PixelSNAIL(nn.Module):
 class PixelSNAILConfig(CodePriorConfig):
     channels: int = number(64, 1)  # feature channels (Razavi et al.: 256 on ImageNet)
     blocks: int = number(2, 1)  # each: `residual` gated residual blocks, then one attention block
-    residual: int = number(2, 1)
-    heads: int = number(4, 1)
+    residual: int = number(2, 1)  # gated residual blocks before each attention block
+    heads: int = number(4, 1)  # attention heads
     key_channels: int = number(32, 1)  # query/key channels over all heads
     value_channels: int = number(64, 1)  # value channels over all heads
     cond_layers: int = number(2, 0)  # residual blocks of the conditioning stack (top codes, class)

@@ -133,7 +133,7 @@ class RegularisedAE(AE):
 
 @dataclass
 class DAEConfig(RegularisedConfig):
-    corruption: str = choice("mask", "mask_iid", "gaussian", "salt_pepper")
+    corruption: str = choice("mask", "mask_iid", "gaussian", "salt_pepper")  # M_D (module docstring)
     # mask, mask_iid, salt_pepper: the fraction nu of input dimensions corrupted
     fraction: float = number(0.25, 0.0, 1.0)
     sigma: float = number(0.5, 0.0)  # gaussian: the noise's standard deviation
@@ -203,7 +203,7 @@ class DAE(RegularisedAE, Denoising):
         enc, act, dec = stack[layer]
         out = dec(act(enc(self.corrupt(target))))
         if layer == 0:
-            return reconstruction_error(out, target, self.config.recon_loss).mean()
+            return reconstruction_error(out, target, self.config.loss_kind).mean()
         if self.config.activation == "sigmoid":
             return F.binary_cross_entropy_with_logits(out, target, reduction="none").sum(1).mean()
         return (ACTIVATIONS[self.config.activation]()(out) - target).pow(2).sum(1).mean()
@@ -270,7 +270,7 @@ class SparseAE(RegularisedAE):
 @dataclass
 class KSparseAEConfig(RegularisedConfig):
     code_activation: str = choice("linear", *ACTIVATIONS)  # linear: the paper's
-    recon_loss: str = choice("mse", "bce")  # the paper's squared error
+    likelihood: str = choice("gaussian", "bernoulli", "auto")  # gaussian: the paper's squared error
     k: int = number(25, 1)  # units kept per example in training
     k_start: int = number(100, 0)  # k at step 0, falling linearly to k (0: every unit, a dense start)
     k_schedule_steps: int = number(2_500, 0)  # steps of the fall (the paper: the first half of training)

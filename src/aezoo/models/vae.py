@@ -37,6 +37,8 @@ from ..config import ModelConfig, choice, number
 from ..distributions import (
     LIKELIHOODS,
     DiagonalGaussian,
+    check_likelihood,
+    default_likelihood,
     make_likelihood,
     standard_normal_log_prob,
 )
@@ -48,8 +50,10 @@ from .capabilities import Generative, LikelihoodBound
 
 @dataclass
 class VAEConfig(ModelConfig, BackboneConfig):
-    latent_dim: int = number(32, 1)
-    likelihood: str = choice(*LIKELIHOODS)
+    latent_dim: int = number(32, 1)  # size of z
+    # auto: chosen from the data when a run is made (distributions.default_likelihood: bernoulli for binary
+    # data, logistic for 8-bit images, a Gaussian with learned variance otherwise); bernoulli without data
+    likelihood: str = choice("auto", *LIKELIHOODS)
     sigma: float = number(1.0, 0.0, None, lo_open=True)  # std of the fixed-variance Gaussian likelihood
     objective: str = choice("beta", "capacity", "iwae")  # what the loss is (module docstring)
     beta: float = number(1.0, 0.0)  # the KL's weight when objective="beta"; 1: the ELBO
@@ -60,6 +64,12 @@ class VAEConfig(ModelConfig, BackboneConfig):
     # validation passes also report each unit's KL as kl_<i>, for the plot of KL per unit over training
     log_kl_units: bool = False
 
+    def fit_to_data(self, shape: tuple[int, ...], size: int, values: str) -> None:
+        super().fit_to_data(shape, size, values)
+        if self.likelihood == "auto":
+            self.likelihood = default_likelihood(values, density=True)
+        check_likelihood(self.likelihood, values)
+
 
 @register("vae", "variational autoencoder: Gaussian posterior, ELBO, IWAE estimate of -log p(x)",
           tiny={"hidden": (32,), "channels": (4, 8), "latent_dim": 4})
@@ -68,7 +78,8 @@ class VAE(Model, Generative, LikelihoodBound):
 
     def __init__(self, config: VAEConfig):
         super().__init__(config)
-        self.likelihood = make_likelihood(config.likelihood, config.sigma)
+        name = "bernoulli" if config.likelihood == "auto" else config.likelihood
+        self.likelihood = make_likelihood(name, config.sigma)
         self.encoder = Encoder(config, config.data_shape, 2 * config.latent_dim)
         self.decoder = Decoder(config, config.data_shape, config.latent_dim, self.likelihood.params_per_dim)
 
