@@ -146,7 +146,8 @@ def pixel_probes() -> dict:
 
 # --- part 2 ----------------------------------------------------------------------------------------
 
-PEER_SHAPE = {"hidden": [500], "latent_dim": 64, "activation": "tanh", "code_activation": "linear", "likelihood": "gaussian"}
+PEER_SHAPE = {"hidden": [500], "latent_dim": 64, "activation": "tanh", "code_activation": "linear",
+              "likelihood": "gaussian"}
 
 
 def peer_model(weight: float):
