@@ -346,3 +346,29 @@ def test_cli_reports_every_metric_and_the_plots(tmp_path):
     assert code == 0, err
     assert (run / "plots" / "traversals.png").exists()
     assert (run / "plots" / "kl_per_unit_training.png").stat().st_size > 0
+
+
+def test_a_collapsed_model_gets_a_note_beside_its_scores():
+    from types import SimpleNamespace
+
+    from aezoo.config import EvalConfig
+    from aezoo.evaluation.disentanglement import disentanglement
+
+    ds = load_dataset(DataConfig(name="dsprites"))
+
+    class Constant(torch.nn.Module):  # a posterior that ignores its input
+        def __init__(self, noise: float):
+            super().__init__()
+            self.noise, self.w = noise, torch.nn.Parameter(torch.zeros(1))
+
+        def encode(self, x):
+            return self.noise * torch.randn(len(x), 3)
+
+    def evaluate(noise):
+        cfg = SimpleNamespace(eval=EvalConfig(metric_samples=300))
+        ctx = SimpleNamespace(model=Constant(noise), dataset=ds, cfg=cfg, progress=lambda it, desc: it)
+        return disentanglement(ctx)
+
+    collapsed = evaluate(0.05)  # variance 0.0025 per code: below the threshold
+    assert len(collapsed["notes"]) == 1 and "collapsed" in collapsed["notes"][0]
+    assert evaluate(1.0)["notes"] == []  # codes that vary (here by noise) are not called collapsed

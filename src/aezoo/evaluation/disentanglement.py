@@ -14,6 +14,8 @@ from ..data.dsprites import factor_grid
 from ..metrics import scores
 from .base import EVAL_SEED, EvalContext, evaluator
 
+VARYING = 0.01  # a code's variance over the data above which it carries information (as active units)
+
 
 @torch.no_grad()
 def encode_grid_sample(model, grid, n: int, batch_size: int, seed: int = EVAL_SEED, progress=lambda it, desc: it):
@@ -27,12 +29,18 @@ def encode_grid_sample(model, grid, n: int, batch_size: int, seed: int = EVAL_SE
 
 @evaluator(lambda model, ds: factor_grid(ds) is not None)
 def disentanglement(ctx: EvalContext) -> dict:
-    """mig, betavae_score, factorvae_score, dci_* and sap of the model's codes (module docstring)."""
+    """mig, betavae_score, factorvae_score, dci_* and sap of the model's codes (module docstring). A model
+    whose codes do not vary over the data (a collapsed VAE) still gets numbers, chance levels and noise;
+    a note in eval.json says so."""
     grid = factor_grid(ctx.dataset)
     e = ctx.cfg.eval
     codes, factors = encode_grid_sample(ctx.model, grid, e.metric_samples, e.batch_size, progress=ctx.progress)
     dci = scores.dci(codes, factors, discrete=grid.categorical)
+    varying = int((codes.var(0) > VARYING).sum())
+    notes = [] if varying else [f"no code varies over the data (variance above {VARYING} in none of {codes.shape[1]}): "
+                                "the model has collapsed and the disentanglement scores measure noise"]
     return {
+        "notes": notes,
         "mig": scores.mig(codes, factors),
         "betavae_score": scores.betavae_score(codes, factors),
         "factorvae_score": scores.factorvae_score(codes, factors),
