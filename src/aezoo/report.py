@@ -135,16 +135,20 @@ def _table(d: dict) -> str:
 
 
 def _eval_html(results: dict) -> str:
-    """The eval.json numbers with their unit, better direction and meaning."""
+    """The eval.json numbers with their unit, better direction and meaning; its notes above them."""
+    notes = results.get("notes") if isinstance(results.get("notes"), list) else []
+    warn = "".join(f"<p class=warn>{escape(str(note))}</p>" for note in notes)
     rows = []
     for k, v in results.items():
+        if k == "notes":
+            continue
         key = KEYS.get(k)
         unit, better, meaning = (key.unit, key.better, key.meaning) if key else ("", "", "")
         arrow = {"lower": "&darr; lower is better", "higher": "&uarr; higher is better"}.get(better, "")
         rows.append(f"<tr><th>{escape(str(k))}</th><td{' class=num' if is_number(v) else ''}>{value_html(v)}</td>"
                     f"<td>{escape(unit)}</td><td>{arrow}</td><td class=meaning>{escape(meaning)}</td></tr>")
     head = "<tr><th>key</th><th>value</th><th>unit</th><th></th><th>meaning</th></tr>"
-    return f"<table>{head}{''.join(rows)}</table>"
+    return f"{warn}<table>{head}{''.join(rows)}</table>"
 
 
 def _progress_html(config: dict, records: list[dict]) -> str:
