@@ -98,24 +98,34 @@ class ConvDecoder(nn.Sequential):
 
 
 @dataclass
-class VQVAEConfig(ModelConfig, QuantizerConfig):
-    hidden: int = number(64, 2)  # channels of the convolutional stacks (paper: 256)
+class VQConfig(ModelConfig, QuantizerConfig):
+    """What VQ-VAE and VQ-VAE-2 share: the convolutional stacks, the quantiser and the likelihood."""
+
+    hidden: int = number(64, 2)  # channels of the convolutional stacks (VQ-VAE: 256; VQ-VAE-2: 128 on ImageNet)
     residual_hidden: int = number(32, 1)  # channels inside each residual block
-    residual_layers: int = number(2, 0)
-    downsample: int = number(2, 1)  # stride-2 layers: code maps are (H / 2^downsample, W / 2^downsample)
+    residual_layers: int = number(2, 0)  # residual blocks in each stack
+    # p(x | codes): logistic for 8-bit images (bits/dim), bernoulli for binary data, gaussian (fixed sigma)
     likelihood: str = choice("logistic", "bernoulli", "gaussian")
     sigma: float = number(1.0, 0.0, None, lo_open=True)  # std of the fixed-variance Gaussian likelihood
 
     def validate(self) -> None:
         if len(self.data_shape) != 3:
-            raise AezooError(f"vqvae needs images (C, H, W); the data has shape {tuple(self.data_shape)}")
+            raise AezooError(f"VQ models need images (C, H, W); the data has shape {tuple(self.data_shape)}")
+        self.check_quantizer()
+
+
+@dataclass
+class VQVAEConfig(VQConfig):
+    downsample: int = number(2, 1)  # stride-2 layers: code maps are (H / 2^downsample, W / 2^downsample)
+
+    def validate(self) -> None:
+        super().validate()
         factor = 2**self.downsample
         if self.data_shape[1] % factor or self.data_shape[2] % factor:
             raise AezooError(
                 f"model.downsample={self.downsample} needs image sides that are multiples of {factor}; "
                 f"the data is {self.data_shape[1]}x{self.data_shape[2]} (try data.pad_to)"
             )
-        self.check_quantizer()
 
 
 @register(

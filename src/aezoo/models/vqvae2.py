@@ -45,31 +45,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig, choice, number
+from ..config import number
 from ..distributions import make_likelihood
 from ..errors import AezooError
-from ..quantize import Quantized, QuantizerConfig, make_quantizer
+from ..quantize import Quantized, make_quantizer
 from ..registry import register
 from . import pixelsnail  # noqa: F401  (registers the default prior)
 from .base import Loss, interleave_rows
 from .capabilities import CodeLevel, CodeModel
-from .vqvae import ConvDecoder, ConvEncoder
+from .vqvae import ConvDecoder, ConvEncoder, VQConfig
 
 
 @dataclass
-class VQVAE2Config(ModelConfig, QuantizerConfig):
-    hidden: int = number(64, 2)  # channels of the convolutional stacks (paper: 128 on 256x256 ImageNet)
-    residual_hidden: int = number(32, 1)  # channels inside each residual block
-    residual_layers: int = number(2, 0)
+class VQVAE2Config(VQConfig):
     bottom_downsample: int = number(2, 1)  # b: the bottom map is (H / 2^b, W / 2^b)
     top_downsample: int = number(1, 1)  # t: the top map is 2^t times coarser than the bottom one
-    likelihood: str = choice("logistic", "bernoulli", "gaussian")
-    sigma: float = number(1.0, 0.0, None, lo_open=True)  # std of the fixed-variance Gaussian likelihood
-
-    def validate(self) -> None:
-        if len(self.data_shape) != 3:
-            raise AezooError(f"vqvae2 needs images (C, H, W); the data has shape {tuple(self.data_shape)}")
-        self.check_quantizer()
 
 
 def _round_up(n: int, factor: int) -> int:
