@@ -282,17 +282,16 @@ def merge(base: dict, update: dict) -> dict:
 
 def read_config_file(path: str | Path) -> dict:
     """A config tree from a TOML or JSON file."""
+    from .files import reading
+
     path = Path(path)
     if not path.is_file():
         raise AezooError(f"config file not found: {path}")
-    try:
-        if path.suffix == ".toml":
-            return tomllib.loads(path.read_text())
-        if path.suffix == ".json":
-            tree = json.loads(path.read_text())
-            if not isinstance(tree, dict):
-                raise AezooError(f"{path}: expected a JSON object at the top")
-            return tree
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AezooError(f"{path}: not valid {path.suffix[1:].upper()}: {e}") from None
-    raise AezooError(f"{path}: config files are .toml or .json")
+    if path.suffix not in (".toml", ".json"):
+        raise AezooError(f"{path}: config files are .toml or .json")
+    with reading(path, f"not valid {path.suffix[1:].upper()}"):
+        text = path.read_text(encoding="utf-8")
+        tree = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    if not isinstance(tree, dict):
+        raise AezooError(f"{path}: expected a JSON object at the top")
+    return tree

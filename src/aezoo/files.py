@@ -1,17 +1,31 @@
-"""Files: atomic writes, safetensors weights, JSON, and the resume state.
+"""Files: atomic writes, safetensors weights, JSON, the resume state, and the guard of every reader.
 
 Every file is written to a temporary name in the same folder, flushed to disk, then renamed over the
 target, so a reader (or a resumed run after a crash) sees either the old file or the new one, never
 half of one. Loading never executes code: weights are safetensors, the resume state is read with
 `torch.load(weights_only=True)`.
+
+Every reader of a file a user can hand aezoo (arrays, images, IDX, pickled batches, weights, configs,
+the resume state) decodes inside `reading(path, what)`: whatever a damaged or hostile file makes the
+decoder raise becomes one `AezooError` line, "PATH: WHAT: the first line of the reason". Readers
+refuse declared sizes that the bytes cannot back before they allocate (`read_at_most` reads a
+stream in chunks, so memory follows the bytes that are there, not the bytes a header promises).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import lzma
 import math
 import os
+import pickle
+import struct
 import tempfile
+import tokenize
+import warnings
+import zipfile
+import zlib
 from pathlib import Path
 
 import torch
@@ -20,6 +34,85 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from .errors import AezooError
+
+
+class Unreadable(Exception):
+    """A reader's own finding that a file is damaged or hostile (a size its bytes cannot back, a
+    pickle, a wrong layout); `reading` turns it into the one-line AezooError."""
+
+
+# What decoding damaged or hostile bytes raises, from the standard library's decoders (json, tomllib,
+# zipfile, gzip, zlib, lzma, struct, pickle), numpy, torch and safetensors: UnicodeDecodeError and
+# JSONDecodeError are ValueErrors, BadGzipFile an OSError, RecursionError (deep nesting) a
+# RuntimeError, OverflowError an ArithmeticError, KeyError and IndexError LookupErrors; numpy parses a
+# .npy header with tokenize and ast (TokenError, SyntaxError). A reader that calls a library with its
+# own base class (Pillow, pyarrow) names it in `also`.
+DECODE_ERRORS = (OSError, EOFError, ValueError, ArithmeticError, LookupError, TypeError, AttributeError,
+                 RuntimeError, MemoryError, SyntaxError, tokenize.TokenError, struct.error, zipfile.BadZipFile,
+                 zlib.error, lzma.LZMAError, pickle.UnpicklingError, SafetensorError, Unreadable)
+
+
+def reason(e: BaseException) -> str:
+    """The first line of an exception's message (an OSError's strerror), at most 200 characters."""
+    if isinstance(e, OSError) and e.strerror:
+        text = e.strerror
+    elif isinstance(e, MemoryError):
+        text = f"out of memory ({str(e).strip().splitlines()[0]})" if str(e).strip() else "out of memory"
+    else:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        text = lines[0] if lines else type(e).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+@contextlib.contextmanager
+def reading(path: str | Path, what: str, also: tuple[type[BaseException], ...] = ()):
+    """Decode a user's file inside this block: any failure of the bytes (see DECODE_ERRORS, plus
+    `also`) ends as AezooError("PATH: WHAT: reason"), one line; AezooErrors pass through as they are.
+    Warnings are silenced inside (torch, numpy and Pillow warn about odd files on stderr, which would
+    make the one line several).
+
+        with reading(path, "not a readable image", also=(PIL.Image.DecompressionBombError,)):
+            ...
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    except AezooError:
+        raise
+    except (*DECODE_ERRORS, *also) as e:
+        raise AezooError(f"{path}: {what}: {reason(e)}") from None
+
+
+def read_at_most(f, n: int, chunk: int = 1 << 20) -> bytearray:
+    """Up to `n` bytes of the stream `f`, read in chunks: memory grows with the bytes actually there,
+    never with a size a header declares (a file object's read(n) allocates n bytes first)."""
+    data = bytearray()
+    while len(data) < n:
+        part = f.read(min(chunk, n - len(data)))
+        if not part:
+            break
+        data += part
+    return data
+
+
+class Chunked:
+    """A stream whose read(n) allocates only the bytes that are there (`read_at_most`), for parsers
+    that read a length from the file and then ask for that many bytes (numpy's .npy header, pickle)."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def read(self, n: int | None = -1) -> bytes:
+        if n is None or n < 0 or n <= 1 << 16:
+            return self.f.read(n)
+        return bytes(read_at_most(self.f, n))
+
+    def readline(self, *args) -> bytes:
+        return self.f.readline(*args)
+
+    def tell(self) -> int:
+        return self.f.tell()
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -67,10 +160,8 @@ def read_json(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise AezooError(f"{path} not found")
-    try:
-        obj = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AezooError(f"{path}: not valid JSON: {e}") from None
+    with reading(path, "not valid JSON"):
+        obj = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(obj, dict):
         raise AezooError(f"{path}: expected a JSON object")
     return obj
@@ -85,10 +176,8 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise AezooError(f"{path} not found")
-    try:
+    with reading(path, "corrupt or truncated safetensors file"):  # safetensors checks every offset against the bytes
         return st_load(path.read_bytes())
-    except (SafetensorError, ValueError, RuntimeError) as e:
-        raise AezooError(f"{path}: corrupt or truncated safetensors file ({e})") from None
 
 
 def save_state(path: str | Path, state: dict) -> None:
@@ -100,15 +189,16 @@ def save_state(path: str | Path, state: dict) -> None:
 
 
 def load_state(path: str | Path) -> dict:
-    """The resume state; `weights_only=True` refuses any pickle that would run code."""
+    """The resume state; `weights_only=True` refuses any pickle that would run code. Only the zip
+    format that `save_state` writes is read (torch checks each tensor's declared size against its
+    record in the zip); torch's older format, which allocates what its header declares, is refused."""
     path = Path(path)
     if not path.is_file():
         raise AezooError(f"{path} not found: nothing to resume")
-    try:
+    with reading(path, "refused or unreadable resume state"):
+        if not zipfile.is_zipfile(path):
+            raise Unreadable("not the zip file that torch.save writes")
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for corrupt or hostile pickles
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise AezooError(f"{path}: refused or unreadable resume state ({first})") from None
     if not isinstance(state, dict) or "step" not in state:
         raise AezooError(f"{path}: not an aezoo resume state")
     return state

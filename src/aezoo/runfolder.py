@@ -25,7 +25,7 @@ from .config import RunConfig
 from .data import Dataset, load_dataset
 from .distributed import pick_device
 from .errors import AezooError
-from .files import atomic_write_bytes, is_number
+from .files import atomic_write_bytes, is_number, reading
 
 
 @dataclass
@@ -71,7 +71,7 @@ def _parse(line: str) -> dict | None:
     """A record with a numeric "step" and a string "split", or None (blank, cut short, not an object)."""
     try:
         rec = json.loads(line)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, an int of over 4300 digits, nesting too deep
         return None
     if isinstance(rec, dict) and is_number(rec.get("step")) and isinstance(rec.get("split"), str):
         return rec
@@ -79,11 +79,13 @@ def _parse(line: str) -> dict | None:
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    """The valid records of a metrics.jsonl, in order; [] when there is none."""
-    try:
-        text = Path(path).read_text(errors="replace")
-    except FileNotFoundError:
+    """The valid records of a metrics.jsonl, in order; [] when there is none. Any bytes are read
+    (a line that is not a record is skipped); a path that cannot be read (a folder) is an AezooError."""
+    path = Path(path)
+    if not path.exists():
         return []
+    with reading(path, "cannot read the metrics log"):
+        text = path.read_text(errors="replace")
     return [rec for rec in map(_parse, text.splitlines()) if rec is not None]
 
 

@@ -5,19 +5,29 @@ a single array is split in file order, 80% / 10% / 10%. A .csv holds one example
 header row of names is skipped). A .parquet file (read with pyarrow: `pip install 'aezoo[parquet]'`)
 holds one example per row: numeric columns are the example's values, or a single column of equal-length
 (nested) lists holds the whole example (lists of lists for sequences or images). Images stored as uint8 are read as pixels (0..255); floats must lie in [0, 1]
-for the Bernoulli likelihoods, which is checked by the models that need it, not here. Files are read
-with `allow_pickle=False`: loading never executes code.
+for the Bernoulli likelihoods, which is checked by the models that need it, not here.
+
+Every file is decoded inside `files.reading`, so a damaged one ends in one line. A .npy file (and each
+member of a .npz, which is a zip of .npy files) is read header first: an array of Python objects (a
+pickle) is refused without being loaded, and so is a shape that declares more bytes than the file (or
+member) holds, before anything is allocated; the data are then read in chunks, so memory follows the
+bytes that are really there. Loading never executes code.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
+from numpy.lib import format as npy_format
 
 from ..config import DataConfig
 from ..errors import AezooError
+from ..files import Chunked, Unreadable, read_at_most, reading
 from .base import SPLITS, Dataset, register_dataset
 
 
@@ -30,11 +40,15 @@ def _check(array, path: Path, what: str, ndims: tuple[int, ...]) -> np.ndarray:
         raise AezooError(f"{path}: {what} is empty (shape {array.shape})")
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise AezooError(f"{path}: {what} holds NaN or infinite values")
+    if array.dtype.kind == "f" and array.dtype.itemsize > 4 and np.abs(array).max() > np.finfo(np.float32).max:
+        raise AezooError(f"{path}: {what} holds values beyond the range of float32, in which it is trained")
     return array
 
 
 def _read_csv(path: Path) -> np.ndarray:
-    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    with reading(path, "not a readable CSV file"):
+        text = path.read_text(errors="replace")
+    lines = [line for line in text.splitlines() if line.strip()]
     rows = []
     for i, line in enumerate(lines):
         try:
@@ -45,20 +59,24 @@ def _read_csv(path: Path) -> np.ndarray:
             raise AezooError(f"{path}: line {i + 1} is not a list of numbers: {line[:60]!r}") from None
     if len({len(r) for r in rows}) > 1:
         raise AezooError(f"{path}: rows have different numbers of columns")
-    return np.asarray(rows, dtype=np.float32)
+    with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, refused by _check
+        return np.asarray(rows, dtype=np.float32)
 
 
 def _read_parquet(path: Path) -> np.ndarray:
     try:
         import pyarrow as pa
-        import pyarrow.compute as pc
         import pyarrow.parquet as pq
     except ImportError:
         raise AezooError(f"{path}: reading .parquet files needs pyarrow: pip install 'aezoo[parquet]'") from None
-    try:
-        table = pq.read_table(path)
-    except (OSError, pa.ArrowException) as e:
-        raise AezooError(f"{path}: not a readable Parquet file: {str(e).splitlines()[0]}") from None
+    with reading(path, "not a readable Parquet file", also=(pa.ArrowException,)):
+        return _parquet_array(path, pq.read_table(path))
+
+
+def _parquet_array(path: Path, table) -> np.ndarray:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     nested = (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list)
     if table.num_columns == 1 and any(is_list(table.schema.types[0]) for is_list in nested):
         column, shape = table.column(0).combine_chunks(), [table.num_rows]
@@ -76,9 +94,90 @@ def _read_parquet(path: Path) -> np.ndarray:
             raise AezooError(f"{path}: column '{name}' holds {column.type}, not numbers")
         if column.null_count:
             raise AezooError(f"{path}: column '{name}' has missing values")
-    if shape is not None:
-        return columns[0].to_numpy(zero_copy_only=False).astype(np.float32).reshape(shape)
-    return np.column_stack([c.to_numpy().astype(np.float32) for c in columns])
+    with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, refused by _check
+        if shape is not None:
+            return columns[0].to_numpy(zero_copy_only=False).astype(np.float32).reshape(shape)
+        return np.column_stack([c.to_numpy().astype(np.float32) for c in columns])
+
+
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first entry, or an empty zip
+
+
+def read_npy(f, size: int, label: str) -> np.ndarray:
+    """The array of a .npy stream `f` of `size` bytes, header first: object dtypes (pickles), negative
+    dimensions and shapes declaring more bytes than follow the header are refused (Unreadable) before
+    anything is allocated; the data are read in chunks (`read_at_most`), so a stream that holds fewer
+    bytes than `size` claims costs only what it holds."""
+    version = npy_format.read_magic(f)
+    if version == (1, 0):  # numpy reads the length the header gives itself: Chunked, so a lie costs nothing
+        shape, fortran, dtype = npy_format.read_array_header_1_0(Chunked(f))
+    elif version == (2, 0):
+        shape, fortran, dtype = npy_format.read_array_header_2_0(Chunked(f))
+    else:  # 3.0 only spells structured dtypes with non-latin-1 field names, which hold no plain numbers
+        raise Unreadable(f"{label} is in .npy format version {version[0]}.{version[1]}, which is not read here")
+    if dtype.hasobject:
+        raise Unreadable(f"{label} holds Python objects (a pickle), which are never loaded")
+    if any(n < 0 for n in shape):
+        raise Unreadable(f"{label} declares a negative dimension in shape {shape}")
+    count = math.prod(shape)
+    declared, there = count * dtype.itemsize, size - f.tell()
+    if declared > there:
+        raise Unreadable(f"{label} declares shape {shape} of {dtype} ({declared:,} bytes) "
+                         f"but {max(there, 0):,} bytes follow its header")
+    data = read_at_most(f, declared)
+    if len(data) < declared:
+        raise Unreadable(f"{label} ends after {len(data):,} of its {declared:,} bytes")
+    array = np.frombuffer(data, dtype, count) if count else np.empty(0, dtype)
+    return array.reshape(shape[::-1]).transpose() if fortran else array.reshape(shape)
+
+
+def _npz_members(path: Path, zf: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
+    """The members by array name (np.savez names them NAME.npy), each claiming no more compressed bytes
+    than the archive has."""
+    size = os.path.getsize(path)
+    members = {}
+    for info in zf.infolist():
+        if info.is_dir():
+            continue
+        if info.compress_size > size:
+            raise Unreadable(f"member {info.filename!r} claims {info.compress_size:,} bytes; "
+                             f"the whole file has {size:,}")
+        members[info.filename.removesuffix(".npy")] = info
+    return members
+
+
+def _npz_array(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
+    with zf.open(info) as member:
+        array = read_npy(member, info.file_size, f"array {info.filename.removesuffix('.npy')!r}")
+        if member.read(1):  # read to the member's end, where zipfile checks the CRC
+            raise Unreadable(f"array {info.filename.removesuffix('.npy')!r} has bytes after its data")
+    return array
+
+
+def read_array_file(path: Path, names: tuple[str, ...] = SPLITS) -> dict[str, np.ndarray] | np.ndarray:
+    """The contents of a .npy or .npz file (told apart by their first bytes, as numpy does): the array
+    of a .npy, or of a .npz with one array; a .npz holding all of `names` gives those arrays."""
+    with reading(path, "not a readable .npy/.npz array file"):
+        with open(path, "rb") as f:
+            head = f.read(6)
+            if head == NPY_MAGIC:
+                f.seek(0)
+                array = read_npy(f, os.fstat(f.fileno()).st_size, "the array")
+                if f.read(1):
+                    raise Unreadable("bytes follow the array's data")
+                return array
+        if head[:4] not in ZIP_MAGICS:
+            kind = "a pickle, which is never loaded" if head[:1] == b"\x80" else f"it starts with {head!r}"
+            raise Unreadable(f"neither a .npy nor a .npz file ({kind})")
+        with zipfile.ZipFile(path) as zf:
+            members = _npz_members(path, zf)
+            if set(names) <= set(members):
+                return {s: _npz_array(zf, members[s]) for s in names}
+            if len(members) != 1:
+                raise AezooError(f"{path}: expected arrays named {', '.join(names[:-1])} and {names[-1]}, "
+                                 f"or a single array; found {sorted(members)}")
+            return _npz_array(zf, next(iter(members.values())))
 
 
 def read_splits(path: Path, ndims: tuple[int, ...], what: str = "the array") -> dict[str, np.ndarray]:
@@ -88,22 +187,13 @@ def read_splits(path: Path, ndims: tuple[int, ...], what: str = "the array") -> 
     if path.suffix in (".csv", ".parquet"):
         array = _read_csv(path) if path.suffix == ".csv" else _read_parquet(path)
         return split_in_order(_check(array, path, what, ndims), path)
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        raise AezooError(f"{path}: not a readable .npy/.npz array file: {str(e).splitlines()[0]}") from None
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        with loaded:
-            names = set(loaded.files)
-            if set(SPLITS) <= names:
-                x = {s: _check(loaded[s], path, f"array '{s}'", ndims) for s in SPLITS}
-                if len({v.shape[1:] for v in x.values()}) != 1:
-                    raise AezooError(f"{path}: train, val and test must have the same shape after N; got "
-                                     + ", ".join(f"{s} {v.shape}" for s, v in x.items()))
-                return x
-            if len(names) != 1:
-                raise AezooError(f"{path}: expected arrays named train, val and test, or a single array; found {sorted(names)}")
-            loaded = loaded[names.pop()]
+    loaded = read_array_file(path)
+    if isinstance(loaded, dict):
+        x = {s: _check(loaded[s], path, f"array '{s}'", ndims) for s in SPLITS}
+        if len({v.shape[1:] for v in x.values()}) != 1:
+            raise AezooError(f"{path}: train, val and test must have the same shape after N; got "
+                             + ", ".join(f"{s} {v.shape}" for s, v in x.items()))
+        return x
     return split_in_order(_check(loaded, path, what, ndims), path)
 
 

@@ -4,8 +4,8 @@ The folder holds six pickles, `data_batch_1` ... `data_batch_5` (50,000 training
 `test_batch` (10,000), each a dict with `data`, a uint8 array (N, 3072) of the red, green and blue
 32x32 planes row by row, and `labels`, a list of N classes in 0..9. They are read with an unpickler
 that admits numpy arrays and nothing else (plain dicts, lists, strings and bytes need no admission,
-except Python 3's protocol-2 spelling of bytes, `_codecs.encode(text, "latin1")`), so a file naming
-any other global is refused. Splits: the first 45,000 training images train, the
+except Python 3's protocol-2 spellings of bytes, `_codecs.encode(text, "latin1")` and `bytes()`), so a
+file naming any other global is refused. Splits: the first 45,000 training images train, the
 last 5,000 (a tenth) validate, the 10,000 test images test. Pixels stay uint8 (N, 3, 32, 32).
 """
 
@@ -19,6 +19,7 @@ import torch
 
 from ..config import DataConfig
 from ..errors import AezooError
+from ..files import reading
 from .base import Dataset, register_dataset
 from .mnist import _NumpyOnlyUnpickler
 
@@ -34,13 +35,18 @@ def _latin1_bytes(text: str, encoding: str) -> bytes:
     return text.encode("latin1")
 
 
+def _empty_bytes(*args) -> bytes:
+    """What Python 3's pickle protocol 2 writes for b"": `bytes()`, called with nothing."""
+    if args:
+        raise pickle.UnpicklingError("refusing bytes() with arguments")
+    return b""
+
+
 class _CifarUnpickler(_NumpyOnlyUnpickler):
     """Numpy arrays (the MNIST reader's rule), plus bytes as a protocol-2 pickle made by Python 3 spells them."""
 
-    def find_class(self, module, name):
-        if (module, name) == ("_codecs", "encode"):
-            return _latin1_bytes
-        return super().find_class(module, name)
+    ALLOWED = {**_NumpyOnlyUnpickler.ALLOWED, ("_codecs", "encode"): _latin1_bytes,
+               ("__builtin__", "bytes"): _empty_bytes, ("builtins", "bytes"): _empty_bytes}
 
 
 def find_folder(cfg: DataConfig) -> Path:
@@ -60,24 +66,24 @@ def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Images (N, 3, 32, 32) uint8 and labels (N,) int64 of one pickle, checked."""
     if not path.is_file():
         raise AezooError(f"{path}: missing (CIFAR-10 has data_batch_1..5 and test_batch)")
-    try:
-        with open(path, "rb") as f:
-            batch = _CifarUnpickler(f, encoding="bytes").load()
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError) as e:
-        raise AezooError(f"{path}: not a readable CIFAR-10 batch: {e}") from None
+    with reading(path, "not a readable CIFAR-10 batch"), open(path, "rb") as f:
+        batch = _CifarUnpickler(f, encoding="bytes").load()
     if not isinstance(batch, dict):
         raise AezooError(f"{path}: expected a dict with data and labels")
     batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
     data, labels = batch.get("data"), batch.get("labels")
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise AezooError(f"{path}: 'data' must be a uint8 array (N, 3072)")
-    try:
-        labels = np.asarray(labels, dtype=np.int64)
-    except (TypeError, ValueError):
-        raise AezooError(f"{path}: 'labels' must be a list of integers") from None
-    if labels.shape != (len(data),) or (len(labels) and (labels.min() < 0 or labels.max() > 9)):
+    # a flat list (or array) of one int per image: a list of lists, which a pickle can share
+    # over and over at the cost of a few bytes, is never expanded
+    flat = isinstance(labels, np.ndarray) and labels.ndim == 1 and labels.dtype.kind in "iu"
+    flat = flat or (isinstance(labels, list) and all(type(v) is int for v in labels))
+    if not flat or len(labels) != len(data):
+        raise AezooError(f"{path}: need a list of one integer label per image ({len(data)} images)")
+    labels = np.array([min(max(int(v), -1), 10) for v in labels], dtype=np.int64)  # clamped: no int overflows
+    if len(labels) and (labels.min() < 0 or labels.max() > 9):
         raise AezooError(f"{path}: need one label in 0..9 per image ({len(data)} images)")
-    return data.reshape(-1, 3, 32, 32), labels
+    return data.reshape(len(data), 3, 32, 32), labels
 
 
 def where(cfg: DataConfig) -> str:

@@ -11,13 +11,24 @@ the feature probes and class-conditional priors.
 
 Images are grey (1 channel) when every one of them is grey, else RGB (3 channels); alpha is dropped.
 They must share one size unless `data.image_size=S` is set: each is then scaled so that its shorter
-side is S and cropped to the central S x S square. Pixels stay uint8 (0..255) in memory. Images are
-decoded by Pillow with its guard against decompression bombs; a file it cannot read is named in a
-one-line error.
+side is S and cropped to the central S x S square. Pixels stay uint8 (0..255) in memory.
+
+Images are decoded by Pillow, only by its decoders of these formats, inside `files.reading`: a file
+it cannot read is named in a one-line error. Pillow reads each file from its bytes in memory (so a
+chunk length in a damaged header, which Pillow may ask the file for at once, costs only the bytes
+there), with its guard against decompression bombs (an image over its MAX_IMAGE_PIXELS is refused),
+and before decoding, an image whose header declares more pixels than its file could hold is
+refused: at most MAX_PIXELS_PER_BYTE per byte of the file, the most a PNG can (1-bit pixels under
+deflate's largest expansion, 1032:1), so no valid PNG is refused and a damaged header of any format
+cannot make Pillow allocate far beyond the file. Pillow's log of odd files goes nowhere unless the
+program configures logging (else logging's last resort would print it beside the one-line error).
 """
 
 from __future__ import annotations
 
+import io
+import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,22 +36,45 @@ import torch
 
 from ..config import DataConfig
 from ..errors import AezooError
+from ..files import Unreadable, reading
 from .arrays import split_in_order
 from .base import SPLITS, Dataset, register_dataset
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SPLIT_SEED = 0
+MAX_PIXELS_PER_BYTE = 8 * 1032
+# The decoders Pillow may use (whatever a file's name says): those of EXTENSIONS (JPEG's also opens a
+# camera's MPO). No other plugin ever sees a user's file (EPS, for one, would run Ghostscript on it).
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
+logging.getLogger("PIL").addHandler(logging.NullHandler())
 
 
 def image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
+    with reading(folder, "cannot list the image folder"):
+        return sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
+
+
+def _open(data: bytes):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        return Image.open(io.BytesIO(data), formats=FORMATS)
+    except UnidentifiedImageError:
+        raise Unreadable(f"not a {', '.join(FORMATS[:-1])} or {FORMATS[-1]} image") from None
 
 
 def _read(path: Path, size: int):
     from PIL import Image
 
-    try:
-        with Image.open(path) as im:
+    bombs = (Image.DecompressionBombError, Image.DecompressionBombWarning)
+    with reading(path, "not a readable image", also=bombs), warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)  # over MAX_IMAGE_PIXELS: refused
+        data = path.read_bytes()
+        with _open(data) as im:
+            file_size = len(data)
+            if im.width * im.height > MAX_PIXELS_PER_BYTE * file_size:
+                raise Unreadable(f"its header declares {im.width}x{im.height} pixels, "
+                                 f"more than {file_size:,} bytes can hold")
             im.seek(0)
             grey = im.mode in ("1", "L", "LA", "I", "I;16", "F") or (im.mode == "P" and _grey_palette(im))
             im = im.convert("L" if grey else "RGB")
@@ -51,8 +85,6 @@ def _read(path: Path, size: int):
                 left, top = (w - size) // 2, (h - size) // 2
                 im = im.crop((left, top, left + size, top + size))
             return np.asarray(im, dtype=np.uint8), grey
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise AezooError(f"{path}: not a readable image: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
 def _grey_palette(im) -> bool:

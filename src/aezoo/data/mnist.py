@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
-import io
+import math
 import pickle
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import torch
 
 from ..config import DataConfig
 from ..errors import AezooError
+from ..files import Chunked, read_at_most, reading
 from .base import Dataset, register_dataset
 
 IDX_FILES = {
@@ -28,21 +29,25 @@ IDX_FILES = {
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """An IDX file (optionally gzipped) as a uint8 array; the header's magic and sizes are checked."""
-    try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise AezooError(f"{path}: cannot read: {e}") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise AezooError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
-    ndim = raw[3]
-    if not 1 <= ndim <= 4 or len(raw) < 4 + 4 * ndim:
-        raise AezooError(f"{path}: bad IDX header")
-    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    count = int(np.prod(dims))
-    body = raw[4 + 4 * ndim :]
-    if len(body) != count:
-        raise AezooError(f"{path}: header promises {dims} ({count} bytes) but the file holds {len(body)}")
+    """An IDX file (optionally gzipped) as a uint8 array. The header's magic is checked and its
+    dimensions against the data: a plain file's size is compared before anything is read, a gzipped
+    file's data are read in chunks up to the declared count, so memory follows the bytes there."""
+    with reading(path, "cannot read"), (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+        head = f.read(4)
+        if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] != 0x08:
+            raise AezooError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
+        ndim = head[3]
+        sizes = f.read(4 * ndim)
+        if not 1 <= ndim <= 4 or len(sizes) < 4 * ndim:
+            raise AezooError(f"{path}: bad IDX header")
+        dims = tuple(int.from_bytes(sizes[4 * i : 4 * i + 4], "big") for i in range(ndim))
+        count = math.prod(dims)
+        if path.suffix != ".gz" and (there := path.stat().st_size - 4 - 4 * ndim) != count:
+            raise AezooError(f"{path}: header promises {dims} ({count:,} bytes) but the file holds {there:,}")
+        body = read_at_most(f, count)
+        if len(body) != count or f.read(1):
+            held = f"{len(body):,}" if len(body) < count else "more"
+            raise AezooError(f"{path}: header promises {dims} ({count:,} bytes) but the file holds {held}")
     return np.frombuffer(body, dtype=np.uint8).reshape(dims)
 
 
@@ -75,24 +80,102 @@ def _from_idx(folder: Path) -> tuple[dict, dict]:
     return x, y
 
 
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Admits numpy arrays and dtypes and nothing else: a pickle naming any other global is refused."""
+def _empty_array(subtype, shape, dtype):
+    """numpy's `_reconstruct` as pickles of arrays call it: an empty array, filled by its BUILD."""
+    if subtype is not np.ndarray or tuple(shape) != (0,) or dtype not in (b"b", "b"):
+        raise pickle.UnpicklingError("refusing numpy _reconstruct other than of an empty ndarray")
+    return np.ndarray((0,), np.uint8)
+
+
+def _plain_dtype(spec, align=False, copy=False):
+    """np.dtype(spec) for a plain number type ('f4', 'u1', 'i8', ...), nothing else (no objects, no records)."""
+    if isinstance(spec, bytes):
+        spec = spec.decode("latin1")
+    if not isinstance(spec, str) or len(spec) > 4:
+        raise pickle.UnpicklingError(f"refusing dtype {spec!r}")
+    dtype = np.dtype(spec, False, True)  # a copy: its BUILD must never touch numpy's shared instance
+    if dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
+        raise pickle.UnpicklingError(f"refusing dtype {spec!r}: not a plain number type")
+    return dtype
+
+
+class _NumpyOnlyUnpickler(pickle._Unpickler):
+    """Admits numpy arrays of plain numbers and nothing else, with every declared size checked against
+    the bytes: the pure-Python unpickler, so that each opcode that calls or fills an object can be
+    checked (the C one calls __setstate__ unseen). A global is resolved only from ALLOWED, and to a
+    checking stand-in (`_empty_array`, `_plain_dtype`); only those stand-ins are called (REDUCE); BUILD
+    fills only such a dtype (no fields, no flags) or array (a plain dtype, raw bytes of exactly its
+    size); every other way of making an object (NEWOBJ, OBJ, INST, buffers, persistent ids) is refused.
+    Reads go through `files.Chunked`, so a declared length costs only the bytes really there."""
 
     ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"): _empty_array,
+        ("numpy._core.multiarray", "_reconstruct"): _empty_array,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): _plain_dtype,
     }
+
+    def __init__(self, file, **kwargs):
+        super().__init__(_NoBuffers(file), **kwargs)
 
     def find_class(self, module, name):
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-        if module.startswith("numpy.") and name == "_reconstruct":
-            from numpy._core.multiarray import _reconstruct
+        return self.ALLOWED[(module, name)]
 
-            return _reconstruct
-        return getattr(np, name)
+    def _refuse(self):
+        raise pickle.UnpicklingError("refusing a pickle that makes objects other than numpy arrays")
+
+    def _reduce(self):
+        args = self.stack.pop()
+        func = self.stack[-1]
+        if not any(func is f for f in self.ALLOWED.values()) or func is np.ndarray or not isinstance(args, tuple):
+            raise pickle.UnpicklingError(f"refusing to call {func!r}")
+        self.stack[-1] = func(*args)
+
+    def _build(self):
+        state = self.stack.pop()
+        inst = self.stack[-1]
+        if isinstance(inst, np.dtype):
+            plain = _plain_dtype_state(state)
+        else:  # only an array just made by _empty_array
+            plain = isinstance(inst, np.ndarray) and inst.shape == (0,) and _plain_array_state(state)
+        if not plain:
+            raise pickle.UnpicklingError(f"refusing to fill a {type(inst).__name__} with this state")
+        inst.__setstate__(state)
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+    dispatch[pickle.REDUCE[0]] = _reduce
+    dispatch[pickle.BUILD[0]] = _build
+    for _op in (pickle.INST, pickle.OBJ, pickle.NEWOBJ, pickle.NEWOBJ_EX, pickle.PERSID, pickle.BINPERSID,
+                pickle.BYTEARRAY8, pickle.NEXT_BUFFER, pickle.READONLY_BUFFER):
+        dispatch[_op[0]] = _refuse
+    del _op
+
+
+class _NoBuffers(Chunked):
+    """The file, read in chunks (a declared length costs only the bytes there), without readinto:
+    out-of-band buffers (pickle protocol 5) are refused."""
+
+    def readinto(self, buffer):
+        raise pickle.UnpicklingError("refusing out-of-band buffers")
+
+
+def _plain_dtype_state(state) -> bool:
+    """(3, byte order, None, None, None, -1, -1, 0): what numpy pickles for a plain number type."""
+    return (isinstance(state, tuple) and len(state) == 8 and state[0] == 3 and state[1] in ("<", ">", "|", "=")
+            and state[2:5] == (None, None, None) and state[5:] == (-1, -1, 0))
+
+
+def _plain_array_state(state) -> bool:
+    """(1, shape, plain dtype, fortran, raw bytes of exactly shape x itemsize)."""
+    if not (isinstance(state, tuple) and len(state) == 5 and state[0] == 1):
+        return False
+    _, shape, dtype, fortran, raw = state
+    return (isinstance(shape, tuple) and all(type(n) is int and n >= 0 for n in shape)
+            and isinstance(dtype, np.dtype) and dtype.kind in "biuf" and dtype.fields is None
+            and isinstance(fortran, bool) and isinstance(raw, (bytes, str))
+            and len(raw) == math.prod(shape) * dtype.itemsize)
 
 
 def bundled_path() -> Path | None:
@@ -105,18 +188,22 @@ def bundled_path() -> Path | None:
 
 def read_bundled(path: Path) -> tuple[dict, dict]:
     """The (train, val, test) pickle of float arrays in [0, 1) (pixel / 256) as uint8 pixels."""
-    try:
-        with gzip.open(path, "rb") as f:
-            parts = _NumpyOnlyUnpickler(io.BufferedReader(f), encoding="latin1").load()
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError) as e:
-        raise AezooError(f"{path}: not a readable MNIST pickle: {e}") from None
-    if not (isinstance(parts, tuple) and len(parts) == 3):
-        raise AezooError(f"{path}: expected (train, val, test) pairs")
+    with reading(path, "not a readable MNIST pickle"), gzip.open(path, "rb") as f:
+        parts = _NumpyOnlyUnpickler(f, encoding="latin1").load()
+    pairs = isinstance(parts, tuple) and len(parts) == 3 and all(isinstance(p, tuple) and len(p) == 2 for p in parts)
+    if not pairs:
+        raise AezooError(f"{path}: expected (train, val, test) pairs of images and labels")
     x, y = {}, {}
-    for split, part in zip(("train", "val", "test"), parts):
-        images, labels = part
-        x[split] = np.rint(np.asarray(images, dtype=np.float32) * 256).clip(0, 255).astype(np.uint8).reshape(-1, 28, 28)
-        y[split] = np.asarray(labels)
+    for split, (images, labels) in zip(("train", "val", "test"), parts):
+        if not (isinstance(images, np.ndarray) and images.ndim == 2 and images.shape[1] == 28 * 28
+                and images.dtype.kind == "f" and isinstance(labels, np.ndarray) and labels.dtype.kind in "iu"
+                and labels.shape == images.shape[:1]):
+            raise AezooError(f"{path}: the {split} pair must be float images (N, 784) and N integer labels")
+        pixels_ok = not images.size or (images.min() >= 0 and images.max() <= 1)
+        if not pixels_ok or (labels.size and (labels.min() < 0 or labels.max() > 9)):
+            raise AezooError(f"{path}: the {split} pair holds pixels outside [0, 1] or labels outside 0..9")
+        x[split] = np.rint(images.astype(np.float32) * 256).clip(0, 255).astype(np.uint8).reshape(-1, 28, 28)
+        y[split] = labels
     return x, y
 
 
