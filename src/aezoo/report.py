@@ -17,7 +17,7 @@ from html import escape
 from pathlib import Path
 
 from .errors import AezooError
-from .files import atomic_write_bytes, is_number
+from .files import atomic_write_bytes, is_number, read_json
 from .glossary import KEYS
 from .runfolder import SPLIT_ORDER, loss_terms, read_metrics
 
@@ -188,9 +188,9 @@ def read_json_or_why(path: Path) -> tuple[object, str | None]:
     if not path.is_file():
         return None, "missing"
     try:
-        return json.loads(path.read_text(errors="replace")), None
-    except json.JSONDecodeError as e:
-        return None, f"not valid JSON ({e})"
+        return read_json(path), None
+    except AezooError as e:
+        return None, str(e)
 
 
 def _losses_html(metrics: Path) -> str:

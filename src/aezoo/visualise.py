@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import torch
 
 from .data import EVAL_SEED, prepare
+from .files import read_json
 from .plots import save_bar_plot, save_image_grid, save_line_plot, save_loss_curves
 from .runfolder import curves, load_run, loss_terms, read_metrics
 
@@ -28,7 +28,7 @@ def write_plots(path: str | Path) -> list[Path]:
         written.append(save_loss_curves(curves(records, loss_terms(records)), run.plots / "loss_curves.png"))
         written += _kl_units_over_training(records, run.plots / "kl_per_unit_training.png")
     if run.eval.exists():
-        results = json.loads(run.eval.read_text())
+        results = read_json(run.eval)
         if isinstance(results.get("kl_per_dim"), list):
             written.append(save_bar_plot(results["kl_per_dim"], run.plots / "kl_per_dim.png",
                                          "KL per latent unit (test)", "unit", "KL (nats)"))
