@@ -35,7 +35,7 @@ def test_vectors_from_csv_with_a_header_train_an_autoencoder(tmp_path):
         "--set",
         "model.hidden=[8]",
         "--set",
-        "model.recon_loss=mse",
+        "model.likelihood=gaussian",
         "--set",
         "train.progress=false",
     )
