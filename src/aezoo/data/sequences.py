@@ -109,10 +109,16 @@ def read_sequences(path: Path) -> dict[str, torch.Tensor]:
 
 
 def sequences_where(cfg: DataConfig) -> str:
-    return f"the array file {cfg.file}" if cfg.file else "nowhere: set data.file to an N x T x D .npy, .npz or .parquet file"
+    return (
+        f"the array file {cfg.file}"
+        if cfg.file
+        else "nowhere: set data.file to an N x T x D .npy, .npz or .parquet file"
+    )
 
 
-@register_dataset("sequences", "your own N x T x D sequences from a .npy/.npz/.parquet file (data.file)", sequences_where)
+@register_dataset(
+    "sequences", "your own N x T x D sequences from a .npy/.npz/.parquet file (data.file)", sequences_where
+)
 def load_sequences(cfg: DataConfig) -> Dataset:
     if not cfg.file:
         raise AezooError("dataset sequences reads an N x T x D .npy, .npz or .parquet file: set data.file=PATH")
