@@ -112,6 +112,145 @@ def _cmd_report(args) -> None:
     print(f"wrote {write_report(args.run)}")
 
 
+# --- using the codes: encode, reconstruct, interpolate, compress, decompress (aezoo.embed, aezoo.compress) ---
+def _examples_of(args, loaded):
+    """The image files of args.files, or the split of a dataset (args.data, args.split, args.limit, args.set)."""
+    from .embed import data_config, dataset_examples, file_examples
+
+    if args.limit is not None and args.limit < 1:
+        raise AezooError("--limit must be at least 1")
+    if args.files:
+        if args.data or args.set or args.limit:
+            raise AezooError("give image files or --data/--split/--limit/--set, not both")
+        return file_examples(loaded, args.files)
+    if loaded.cfg is None:
+        raise AezooError("this model folder records no data: give image files")
+    return dataset_examples(loaded.model, data_config(loaded.cfg, args.data, args.set), args.split, args.limit or 0)
+
+
+def _cmd_encode(args) -> None:
+    from .embed import check_output, encode_examples, load_model, write_fields
+
+    out = check_output(args.out)  # a wrong suffix is refused before any work
+    if args.batch_size < 1:
+        raise AezooError("--batch-size must be at least 1")
+    loaded = load_model(args.run)
+    fields = encode_examples(loaded.model, _examples_of(args, loaded), args.batch_size)
+    write_fields(fields, out)
+    n = len(next(iter(fields.values())))
+    print(f"wrote {out}: {n} examples, " + ", ".join(f"{k} {tuple(v.shape[1:])}" for k, v in fields.items()))
+
+
+def _cmd_reconstruct(args) -> None:
+    from .embed import file_examples, load_model, reconstruct_grid
+    from .plots import save_image_grid
+
+    loaded = load_model(args.run)
+    ex = file_examples(loaded, args.files)
+    images, per_row = reconstruct_grid(loaded.model, ex.batch(0, len(ex.raw), loaded.model.device))
+    out = Path(args.out) if args.out else loaded.path / "reconstructions_of_files.png"
+    save_image_grid(images, out, nrow=per_row)
+    print(f"wrote {out}: originals above their reconstructions")
+
+
+def _cmd_interpolate(args) -> None:
+    from .embed import file_examples, interpolation_strip, load_model
+    from .models.capabilities import CodeModel
+    from .plots import save_image_grid
+
+    loaded = load_model(args.run)
+    x = file_examples(loaded, [args.a, args.b]).batch(0, 2, loaded.model.device)
+    strip = interpolation_strip(loaded.model, x[0], x[1], args.steps)
+    out = Path(args.out) if args.out else loaded.path / "interpolation.png"
+    save_image_grid(strip, out, nrow=len(strip))
+    how = ("between the encoder's outputs before quantisation, each point quantised to its nearest codes"
+           if isinstance(loaded.model, CodeModel) else "between the codes")
+    print(f"wrote {out}: {args.a}, {args.steps} decodings along the line {how}, {args.b}")
+
+
+def _cmd_compress(args) -> None:
+    import torch
+
+    from .compress import compress_images
+    from .embed import load_model
+    from .files import atomic_write_bytes
+
+    out = Path(args.out)
+    if not args.files and not args.data:
+        raise AezooError("give image files to compress, or --data NAME [--split S] [--limit N] for a dataset")
+    loaded = load_model(args.run)
+    ex = _examples_of(args, loaded)
+    model = loaded.model
+    images = torch.cat([ex.batch(i, 500, model.device) for i in range(-(-len(ex.raw) // 500))])
+    result = compress_images(model, images, run=loaded.path)
+    atomic_write_bytes(out, result.data)
+    n = result.header.n
+    print(f"wrote {out}: {n} images, {len(result.data)} bytes ({8 * len(result.data) / n:.1f} bits per image; "
+          f"the prior's cross-entropy {result.cross_entropy_bits / n:.1f})")
+
+
+def _cmd_decompress(args) -> None:
+    from .compress import decompress_bytes, read_file, read_header, write_decompressed
+    from .embed import load_model
+
+    data = read_file(args.file)
+    header, _ = read_header(data, args.file)
+    run = args.run or header.run
+    if not run:
+        raise AezooError(f"{args.file} names no run folder: give --run RUN")
+    loaded = load_model(run)
+    result = decompress_bytes(data, loaded.model, args.file)
+    names = [lv.name for lv in loaded.model.code_levels()]
+    out = write_decompressed(result, args.out, names)
+    print(f"wrote {out}: {header.n} PNG images and codes.npz")
+
+
+def _add_code_commands(sub) -> None:
+    splits = ["test", "val", "train"]
+    en = sub.add_parser("encode", help="the codes of a dataset split or of image files, as .npy, .npz or .parquet")
+    en.add_argument("run")
+    en.add_argument("--out", required=True, help="FILE.npy (codes only), FILE.npz or FILE.parquet (every field)")
+    en.add_argument("--files", nargs="+", metavar="IMG", help="image files instead of a dataset")
+    en.add_argument("--data", help="dataset name (default: the run's)")
+    en.add_argument("--split", choices=splits, default="test")
+    en.add_argument("--limit", type=int, help="the first N examples only")
+    en.add_argument("--set", action="append", default=[], metavar="data.KEY=VALUE",
+                    help="data settings, e.g. data.dir=DIR")
+    en.add_argument("--batch-size", type=int, default=500)
+    en.set_defaults(fn=_cmd_encode)
+
+    rc = sub.add_parser("reconstruct", help="image files through a run's model: originals above reconstructions")
+    rc.add_argument("run")
+    rc.add_argument("files", nargs="+", metavar="FILE")
+    rc.add_argument("--out", help="PNG file (default RUN/reconstructions_of_files.png)")
+    rc.set_defaults(fn=_cmd_reconstruct)
+
+    ip = sub.add_parser("interpolate", help="decodings along the line between the codes of two image files")
+    ip.add_argument("run")
+    ip.add_argument("a")
+    ip.add_argument("b")
+    ip.add_argument("--steps", type=int, default=10, help="decodings, both ends included (default 10)")
+    ip.add_argument("--out", help="PNG file (default RUN/interpolation.png)")
+    ip.set_defaults(fn=_cmd_interpolate)
+
+    cp = sub.add_parser("compress", help="images coded under a vqvae/vqvae2 run's prior into one .aez file")
+    cp.add_argument("run")
+    cp.add_argument("files", nargs="*", metavar="FILE", help="image files (or --data for a dataset split)")
+    cp.add_argument("--out", required=True, help="the .aez file")
+    cp.add_argument("--data", help="a dataset's split instead of files (the run's dataset: --data with its name)")
+    cp.add_argument("--split", choices=splits, default="test")
+    cp.add_argument("--limit", type=int, help="the first N images of the split")
+    cp.add_argument("--set", action="append", default=[], metavar="data.KEY=VALUE",
+                    help="data settings, e.g. data.dir=DIR")
+    cp.set_defaults(fn=_cmd_compress)
+
+    dp = sub.add_parser("decompress", help="decode an .aez file: PNG images and codes.npz in a new folder")
+    dp.add_argument("file")
+    dp.add_argument("--out", required=True, help="the folder to create")
+    dp.add_argument("--run", help="the run folder (default: the one recorded in the file)")
+    dp.set_defaults(fn=_cmd_decompress)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, not the usage block
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -171,6 +310,7 @@ def parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="write RUN/report.html with the run's plots and numbers")
     rp.add_argument("run")
     rp.set_defaults(fn=_cmd_report)
+    _add_code_commands(sub)
     return p
 
 

@@ -6,6 +6,7 @@ model's declared capabilities and the kind of data:
     reconstruction    recon_mse, recon_bce, psnr                       any model on images or vectors
     likelihood        neg_elbo, nll_iwae, kl_per_dim, active_units     LikelihoodBound
     features          probe_linear_acc, probe_knn_acc; denoise_psnr    labelled data; Denoising
+    retrieval         retrieval_p10_{euclidean,cosine}, ..._pixels_*   labelled data (precision@10 vs pixels)
     disentanglement   mig, betavae_score, factorvae_score, dci_*, sap  data rendered from a factor grid
     codes             codebook_usage, codebook_perplexity, bits_per_dim CodeModel (with its prior); priors
     sequences         rollout_mse, rollout_mse_baseline                SequenceModel
@@ -19,7 +20,7 @@ import torch
 
 from ..files import write_json
 from ..runfolder import load_run, read_metrics, train_throughput
-from . import codes, disentanglement, features, likelihood, reconstruction, sequences  # noqa: F401  (register)
+from . import codes, disentanglement, features, likelihood, reconstruction, retrieval, sequences  # noqa: F401  (register)
 from .base import EVAL_SEED, EVALUATORS, EvalContext, evaluator
 
 __all__ = ["EVAL_SEED", "EVALUATORS", "EvalContext", "evaluate", "evaluator"]

@@ -59,22 +59,31 @@ def linear_probe_accuracy(train: torch.Tensor, train_y: torch.Tensor, test: torc
         return float(((b @ w + bias).argmax(1) == test_y).float().mean())
 
 
+def nearest(train: torch.Tensor, query: torch.Tensor, k: int = K_NEIGHBOURS, metric: str = "euclidean",
+            chunk: int = 1024) -> torch.Tensor:
+    """Indices (Q, k) of the k nearest rows of `train` (N, F) to each row of `query` (Q, F), nearest
+    first. Euclidean: ||q - t||^2 = ||q||^2 - 2 q.t + ||t||^2, and ||q||^2 does not change the ranking,
+    so each chunk of queries costs one matrix product; cosine: the largest q.t / (||q|| ||t||) (a zero
+    vector is at the same distance from every row)."""
+    k = min(k, len(train))
+    if metric == "cosine":
+        train, query = F.normalize(train, dim=1), F.normalize(query, dim=1)
+        return torch.cat([(-(q @ train.T)).topk(k, dim=1, largest=False).indices for q in query.split(chunk)])
+    if metric != "euclidean":
+        raise ValueError(f"metric must be euclidean or cosine, got {metric!r}")
+    sq = train.pow(2).sum(1)
+    return torch.cat([(sq - 2 * q @ train.T).topk(k, dim=1, largest=False).indices for q in query.split(chunk)])
+
+
 def knn_predict(train: torch.Tensor, train_y: torch.Tensor, query: torch.Tensor, k: int = K_NEIGHBOURS,
                 chunk: int = 1024) -> torch.Tensor:
     """Labels (Q,) of `query` (Q, F) by majority vote of its k nearest rows of `train` (N, F) in
-    Euclidean distance, ties to the nearest neighbour's label. ||q - t||^2 = ||q||^2 - 2 q.t + ||t||^2,
-    and ||q||^2 does not change the ranking, so each chunk of queries costs one matrix product."""
-    k = min(k, len(train))
+    Euclidean distance (`nearest`), ties to the nearest neighbour's label."""
     classes = int(train_y.max()) + 1
-    sq = train.pow(2).sum(1)
-    out = []
-    for q in query.split(chunk):
-        nearest = (sq - 2 * q @ train.T).topk(k, dim=1, largest=False).indices  # (c, k), nearest first
-        labels = train_y[nearest]
-        votes = F.one_hot(labels, classes).sum(1).float()
-        votes += 0.5 * F.one_hot(labels[:, 0], classes)  # decides ties only: counts are integers
-        out.append(votes.argmax(1))
-    return torch.cat(out)
+    labels = train_y[nearest(train, query, k, "euclidean", chunk)]  # (Q, k), nearest first
+    votes = F.one_hot(labels, classes).sum(1).float()
+    votes += 0.5 * F.one_hot(labels[:, 0], classes)  # decides ties only: counts are integers
+    return votes.argmax(1)
 
 
 @torch.no_grad()

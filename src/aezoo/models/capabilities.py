@@ -5,7 +5,8 @@ attributes. A model opts into a capability by inheriting it and implementing its
 
 - `Generative`: draws data, `sample(n, temperature)`.
 - `LikelihoodBound`: bounds -log p(x), `elbo_parts(x)` and `nll_iwae(x, k)` (neg_elbo, nll_iwae, KL
-  per unit, active units in eval.json).
+  per unit, active units in eval.json); `posterior_moments(x)`, the Gaussian posterior's mean and
+  standard deviation (`aezoo encode`).
 - `Denoising`: corrupts its input in training, `corrupt(x)` (denoising PSNR in eval.json).
 - `CodeModel`: latents are maps of discrete codes (VQ-VAE, VQ-VAE-2): `code_levels`, `codes`,
   `decoder_params`; stage 2 fits a prior over the codes (`aezoo train-prior`) that `sample` and
@@ -51,6 +52,13 @@ class LikelihoodBound(abc.ABC):
     @abc.abstractmethod
     def nll_iwae(self, x: torch.Tensor, k: int, max_decodes: int = 5_000) -> torch.Tensor:
         """The k-sample importance-weighted estimate of -log p(x), (B,) (Burda et al. 2016, eq. 8)."""
+
+    def posterior_moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mean and standard deviation (B, D) of the Gaussian posterior q(z | x), what `aezoo encode`
+        writes for these models. Read from `posterior(x)` (a `distributions.DiagonalGaussian`); a model
+        with another posterior overrides this."""
+        q = self.posterior(x)
+        return q.mean, q.std
 
 
 class Denoising(abc.ABC):

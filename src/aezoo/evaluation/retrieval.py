@@ -1,0 +1,66 @@
+"""Retrieval in code space: are an example's nearest neighbours among the codes of the same class?
+
+For labelled images or vectors, each example of the evaluated split (`eval.split`, test by default) is
+a query; its K = 10 nearest neighbours are searched among the codes `model.encode(x)` (flattened;
+posterior means for VAEs, the quantised vectors z_q for VQ models) of the first `eval.probe_train`
+training examples, the same examples the feature probes learn from (`features`). precision@10 is the
+fraction of the 10 neighbours that share the query's label, averaged over the queries, for two
+distances: Euclidean and cosine (`features.nearest`). The same search on the raw inputs (the pixels
+in [0, 1], binarised as the model sees them) is the baseline a code should beat:
+
+    retrieval_p10_euclidean, retrieval_p10_cosine                  the model's codes
+    retrieval_p10_pixels_euclidean, retrieval_p10_pixels_cosine    the inputs themselves
+    retrieval_train_examples                                       the size of the searched set
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..data import prepare
+from .base import EVAL_SEED, EvalContext, evaluator
+from .features import MAX_TRAIN_NUMBERS, encode_split, nearest
+
+K = 10
+METRICS = ("euclidean", "cosine")
+
+
+def precision_at_k(train: torch.Tensor, train_y: torch.Tensor, query: torch.Tensor, query_y: torch.Tensor,
+                   k: int = K, metric: str = "euclidean") -> float:
+    """The mean over queries of the fraction of their k nearest training rows with the query's label."""
+    hits = train_y[nearest(train, query, k, metric)] == query_y.unsqueeze(1)
+    return float(hits.float().mean())
+
+
+def _labelled(model, ds) -> bool:
+    return ds.kind in ("image", "vector") and "train" in ds.labels
+
+
+@evaluator(_labelled)
+@torch.no_grad()
+def retrieval(ctx: EvalContext) -> dict:
+    """precision@10 of nearest neighbours in code space and in input space (module docstring)."""
+    ds, e = ctx.dataset, ctx.cfg.eval
+    query_y = ds.labels.get(ctx.split)
+    if query_y is None:
+        return {}
+    inputs, codes = [], []
+    for x in ctx.progress(ctx.batches(), "retrieval: encoding"):
+        inputs.append(x.flatten(1).float())
+        codes.append(ctx.model.encode(x).flatten(1).float())
+    query, query_x = torch.cat(codes), torch.cat(inputs)
+    width = max(query.shape[1], query_x.shape[1])
+    n = min(e.probe_train or len(ds.x["train"]), max(1, MAX_TRAIN_NUMBERS // width))
+    raw = ds.x["train"][:n]
+    binarize = ctx.cfg.data.binarize
+    train = encode_split(ctx.model, raw, ds.scale, binarize, e.batch_size, progress=ctx.progress)
+    train_x = torch.cat([prepare(chunk, ds.scale, binarize, EVAL_SEED + i).flatten(1)
+                         for i, chunk in enumerate(raw.split(e.batch_size))])  # as encode_split binarises
+    train_y = ds.labels["train"][:n].to(train.device).long()
+    query_y = query_y[: len(query)].to(query.device).long()
+    out = {}
+    for metric in METRICS:
+        out[f"retrieval_p10_{metric}"] = precision_at_k(train, train_y, query, query_y, K, metric)
+        out[f"retrieval_p10_pixels_{metric}"] = precision_at_k(train_x, train_y, query_x, query_y, K, metric)
+    out["retrieval_train_examples"] = len(train)
+    return out
