@@ -6,8 +6,10 @@ Mistakes a user can make end in one line on stderr and exit status 2; nothing is
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import torch.distributed as dist
@@ -29,7 +31,8 @@ def _cmd_datasets(args) -> None:
 
     width = max(map(len, DATASETS))
     for name, info in DATASETS.items():
-        print(f"{name:<{width}}  {info.summary}\n{'':<{width}}  read from: {info.where(DataConfig(name=name, dir=args.dir or ''))}")
+        where = info.where(DataConfig(name=name, dir=args.dir or ""))
+        print(f"{name:<{width}}  {info.summary}\n{'':<{width}}  read from: {where}")
 
 
 def _cmd_train(args) -> None:
@@ -68,27 +71,47 @@ def _cmd_train_prior(args) -> None:
 def _cmd_resume(args) -> None:
     from .train import resume
 
-    run = resume(args.run)
-    print(f"resumed: {run.path}")
+    run = resume(args.run, epochs=args.epochs, steps=args.steps)
+    if run is None:
+        print(f"{args.run}: already finished; `aezoo resume {args.run} --epochs N` (or --steps N) trains it further")
+    else:
+        _say(f"trained: {run.path}")
+
+
+def _cmd_config(args) -> None:
+    from .config_reference import format_reference
+
+    print(format_reference(args.model))
+
+
+def _cmd_compare(args) -> None:
+    from .compare import write_comparison
+
+    print(f"wrote {write_comparison(args.runs, args.out)}")
 
 
 def _cmd_eval(args) -> None:
     from .evaluation import evaluate
 
     results = evaluate(args.run, args.split)
+    notes = results.pop("notes", [])
     width = max(map(len, results))
     for key, value in results.items():
-        if isinstance(value, list):
+        if isinstance(value, list) and all(isinstance(v, (int, float)) for v in value):
             value = "[" + ", ".join(f"{v:.3g}" for v in value[:8]) + (", ...]" if len(value) > 8 else "]")
         elif isinstance(value, float):
             value = f"{value:.6g}"
         print(f"{key:<{width}}  {value}")
+    for note in notes:
+        print(f"note: {note}")
     print(f"wrote {Path(args.run) / 'eval.json'}")
 
 
 def _cmd_sample(args) -> None:
+    import numpy as np
     import torch
 
+    from .files import atomic_write_bytes
     from .models.capabilities import Generative
     from .plots import save_image_grid
     from .runfolder import load_run
@@ -98,9 +121,17 @@ def _cmd_sample(args) -> None:
         raise AezooError(f"{cfg.model_name} has no generative prior to sample from")
     torch.manual_seed(args.seed)
     with torch.no_grad():
-        images = model.sample(args.n, 1.0 if args.temperature is None else args.temperature)
-    out = Path(args.out) if args.out else run.path / "samples.png"
-    save_image_grid(images.clamp(0, 1).cpu(), out)
+        samples = model.sample(args.n, 1.0 if args.temperature is None else args.temperature).cpu()
+    if samples.dim() == 4:  # images (sequences come as strips of frames)
+        out = Path(args.out) if args.out else run.path / "samples.png"
+        save_image_grid(samples.clamp(0, 1), out)
+    else:  # vectors: the numbers themselves
+        out = Path(args.out) if args.out else run.path / "samples.npy"
+        if out.suffix != ".npy":
+            raise AezooError(f"{cfg.model_name} on {cfg.data.name} samples vectors, not images: --out must end in .npy")
+        buf = io.BytesIO()
+        np.save(buf, samples.numpy())
+        atomic_write_bytes(out, buf.getvalue())
     print(f"wrote {out}")
 
 
@@ -258,6 +289,7 @@ class _Parser(argparse.ArgumentParser):
 
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="aezoo", description="The autoencoder family: train, evaluate, sample, report.")
+    p.add_argument("--version", action="version", version=f"aezoo {version('aezoo')}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     sub.add_parser("models", help="the models, one line each").set_defaults(fn=_cmd_models)
@@ -265,7 +297,12 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--dir", help="a data folder to look in")
     d.set_defaults(fn=_cmd_datasets)
 
-    t = sub.add_parser("train", help="train a model into a new run folder")
+    cf = sub.add_parser("config", help="every config key of a model's run: default, allowed values, meaning")
+    cf.add_argument("model")
+    cf.set_defaults(fn=_cmd_config)
+
+    t = sub.add_parser("train", help="train a model into a new run folder",
+                       epilog="Every key --set takes: aezoo config MODEL.")
     t.add_argument("model")
     t.add_argument("--out", required=True, help="the run folder to create")
     t.add_argument("--data", help="dataset name (default: the model's)")
@@ -288,8 +325,11 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=int)
     tp.set_defaults(fn=_cmd_train_prior)
 
-    r = sub.add_parser("resume", help="continue an interrupted run")
+    r = sub.add_parser("resume", help="continue an interrupted run, or train a finished one further")
     r.add_argument("run")
+    g = r.add_mutually_exclusive_group()
+    g.add_argument("--epochs", type=int, help="the run's budget becomes this many epochs in all")
+    g.add_argument("--steps", type=int, help="the run's budget becomes this many steps in all")
     r.set_defaults(fn=_cmd_resume)
 
     e = sub.add_parser("eval", help="evaluate a run: writes RUN/eval.json")
@@ -310,6 +350,11 @@ def parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="write RUN/report.html with the run's plots and numbers")
     rp.add_argument("run")
     rp.set_defaults(fn=_cmd_report)
+
+    cm = sub.add_parser("compare", help="runs side by side: numbers, loss curves, pictures, in one HTML page")
+    cm.add_argument("runs", nargs="+", metavar="RUN")
+    cm.add_argument("--out", required=True, help="the HTML file to write")
+    cm.set_defaults(fn=_cmd_compare)
     _add_code_commands(sub)
     return p
 
@@ -335,6 +380,9 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("aezoo: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`aezoo config vae | head`): nothing left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return 0
 
 

@@ -96,3 +96,30 @@ def test_sample_needs_a_generative_model(tmp_path):
     assert code == 0, err
     code, _, err = run_cli("sample", str(run))
     assert code == 2 and "no generative prior" in err
+
+
+def test_config_version_resume_further_and_vector_samples(tmp_path):
+    import numpy as np
+
+    code, out, _ = run_cli("config", "vae")
+    row = next(line for line in out.splitlines() if line.startswith("model.likelihood "))
+    assert code == 0 and "auto | bernoulli" in row and "chosen from the data" in row
+    code, _, err = run_cli("config", "vea")
+    assert code == 2 and "did you mean 'vae'" in err and err.count("\n") == 1
+    code, out, _ = run_cli("--version")
+    assert code == 0 and out.startswith("aezoo ")
+
+    np.save(tmp_path / "v.npy", np.random.default_rng(0).normal(size=(60, 5)).astype(np.float32))
+    run = str(tmp_path / "run")
+    quick = ["--set", f"data.file={tmp_path / 'v.npy'}", "--set", "train.batch_size=20",
+             "--set", "train.progress=false", "--set", "model.hidden=8", "--set", "model.latent_dim=2"]
+    assert run_cli("train", "vae", "--data", "arrays", "--out", run, "--steps", "2", *quick)[0] == 0
+    code, out, _ = run_cli("resume", run)
+    assert code == 0 and "already finished" in out
+    code, out, _ = run_cli("resume", run, "--steps", "4")
+    assert code == 0 and "trained" in out
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["steps"] == 4
+    code, out, _ = run_cli("sample", run, "--n", "7")
+    assert code == 0 and np.load(tmp_path / "run" / "samples.npy").shape == (7, 5)
+    code, _, err = run_cli("sample", run, "--out", str(tmp_path / "s.png"))
+    assert code == 2 and "samples vectors" in err and not (tmp_path / "s.png").exists()

@@ -76,3 +76,17 @@ def test_from_dict_wrong_types_and_defaults():
         from_dict(TrainConfig, {"epochs": True}, prefix="train.")
     with pytest.raises(AezooError, match="must be a table"):
         from_dict(TrainConfig, [1, 2], prefix="train.")
+
+
+def test_every_key_of_every_model_is_documented():
+    """`aezoo config MODEL` is generated from the config classes: a key added without its comment fails here."""
+    from aezoo.config_reference import format_reference, reference
+    from aezoo.registry import MODELS, PRIORS
+
+    undocumented = sorted({r.key if r.key.startswith(("data.", "train.", "eval.")) else f"{name}: {r.key}"
+                           for name in [*MODELS, *PRIORS] for r in reference(name) if not r.meaning})
+    assert not undocumented, undocumented
+    table = format_reference("vae").splitlines()
+    row = next(line for line in table if line.startswith("model.objective "))
+    assert row.split()[:2] == ["model.objective", "beta"] and "beta | capacity | iwae" in row
+    assert any(line.startswith("prior.num_classes ") for line in format_reference("pixelcnn").splitlines())

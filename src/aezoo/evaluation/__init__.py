@@ -32,9 +32,14 @@ def evaluate(path: str | Path, split: str | None = None) -> dict:
     ctx = EvalContext(model, dataset, cfg, cfg.eval.split, run)
     torch.manual_seed(EVAL_SEED)
     results: dict = {"split": cfg.eval.split, "n_examples": len(dataset.split(cfg.eval.split))}
+    notes = []  # an evaluator's words on what it left out or what to read with care
     for ev in EVALUATORS:
         if ev.applies(model, dataset):
-            results.update(ev.run(ctx))
+            out = ev.run(ctx)
+            notes += out.pop("notes", [])
+            results.update(out)
     results.update(train_throughput(read_metrics(run.metrics)))
+    if notes:
+        results["notes"] = notes
     write_json(run.eval, results)
     return results

@@ -149,6 +149,9 @@ def activation_histograms(ctx: EvalContext) -> dict:
         acts.append(torch.cat([layers[i] for i in model.config.penalised_layers], 1).cpu())
     acts = torch.cat(acts)
     rho = model.config.rho
-    save_histogram(acts, ctx.run.plots / "activations.png", f"activations of the penalised units (rho = {rho:g})", "activation")
-    save_histogram(acts.mean(0), ctx.run.plots / "unit_means.png", f"mean activation per unit (rho = {rho:g})", "rho_hat_j")
+    title = f"activations of the penalised units (rho = {rho:g})"
+    save_histogram(acts, ctx.run.plots / "activations.png", title, "activation")
+    save_histogram(
+        acts.mean(0), ctx.run.plots / "unit_means.png", f"mean activation per unit (rho = {rho:g})", "rho_hat_j"
+    )
     return {"mean_activation": float(acts.mean())}

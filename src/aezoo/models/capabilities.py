@@ -16,8 +16,6 @@ attributes. A model opts into a capability by inheriting it and implementing its
 - `Adversarial`: trains an auxiliary network by its own optimiser against the model (FactorVAE's
   discriminator): `auxiliary_parameters`, `auxiliary_loss(x, step, cache)`, `auxiliary_optimizer`;
   the engine keeps a second optimiser for it.
-- `DatasetSized`: the loss needs N, the training set's size (beta-TCVAE): the engine fills the
-  config's `dataset_size` from the train split.
 """
 
 from __future__ import annotations
@@ -45,6 +43,8 @@ class Generative(abc.ABC):
 
 
 class LikelihoodBound(abc.ABC):
+    """Also has `likelihood`, the decoder's distribution p(x|z) (a `distributions` likelihood)."""
+
     @abc.abstractmethod
     def elbo_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One-sample reconstruction term -log p(x|z) (B,) and the KL per latent unit (B, D)."""
@@ -187,9 +187,3 @@ class Adversarial(abc.ABC):
         return {}
 
 
-class DatasetSized:
-    """A marker, nothing to implement: the loss needs N, the number of training examples (beta-TCVAE's
-    estimates of the aggregate posterior). The config holds it as `dataset_size`, 0 meaning "set by
-    the engine": when a run is made the engine fills it from the train split (after data.limit and
-    data.train_split), as it fills data_shape, and config.json keeps it, so a resumed or loaded model
-    has the same N."""

@@ -97,8 +97,10 @@ class CodePrior(Trainable):
         """Refuses code maps of another number of levels, shape or range than the prior was trained on."""
         shapes = [tuple(c.shape[1:]) for c in codes]
         if shapes != [(h, w) for _, h, w in self.level_shapes]:
-            raise AezooError(f"this prior was trained on code maps of shapes {[(h, w) for _, h, w in self.level_shapes]} "
-                             f"(from {self.config.source or 'its model'}); got {shapes}")
+            raise AezooError(
+                f"this prior was trained on code maps of shapes {[(h, w) for _, h, w in self.level_shapes]} "
+                f"(from {self.config.source or 'its model'}); got {shapes}"
+            )
         for c, (k, _, _) in zip(codes, self.level_shapes):
             if c.numel() and (int(c.min()) < 0 or int(c.max()) >= k):
                 raise AezooError(f"codes outside 0..{k - 1}, the codebook this prior was trained on")
@@ -106,7 +108,9 @@ class CodePrior(Trainable):
     def unpack(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Inverse of `pack_codes`: (codes per level, labels) from rows (B, 1 + sum H W) of any dtype."""
         if x.dim() != 2 or x.shape[1] != self.config.data_shape[0]:
-            raise AezooError(f"this prior takes rows of {self.config.data_shape[0]} packed codes; got shape {tuple(x.shape)}")
+            raise AezooError(
+                f"this prior takes rows of {self.config.data_shape[0]} packed codes; got shape {tuple(x.shape)}"
+            )
         x = x.long()
         sizes = [h * w for _, h, w in self.level_shapes]
         parts = x[:, 1:].split(sizes, 1)
@@ -130,8 +134,9 @@ class CodePrior(Trainable):
         return self.nets[level](codes[level], self.condition(level, codes, labels))
 
     @torch.no_grad()
-    def conditional_probabilities(self, level: int, codes: list[torch.Tensor], labels: torch.Tensor | None,
-                                  i: int, j: int) -> torch.Tensor:
+    def conditional_probabilities(
+        self, level: int, codes: list[torch.Tensor], labels: torch.Tensor | None, i: int, j: int
+    ) -> torch.Tensor:
         """p(c_{level,(i,j)} = k | c_{level,<(i,j)}, c_<level, y) for every k: (B, K) float64.
 
         What entropy coding needs (`aezoo.compress`): a function of the codes before (i, j) alone, computed
@@ -149,7 +154,7 @@ class CodePrior(Trainable):
         if not (0 <= i < h and 0 <= j < w):
             raise AezooError(f"position ({i}, {j}) outside level {level}'s {h}x{w} code map")
         seen = codes[level].reshape(len(codes[level]), -1).clone()
-        seen[:, i * w + j:] = 0  # exactly what the decoder holds before decoding (i, j)
+        seen[:, i * w + j :] = 0  # exactly what the decoder holds before decoding (i, j)
         known = [*codes[:level], seen.view(-1, h, w)]
         net = self.nets[level]
         if isinstance(net, GatedPixelCNN):
@@ -179,8 +184,9 @@ class CodePrior(Trainable):
         if self.class_embed is None or labels is not None:
             return self.log_prob_levels(codes, labels).sum(1)
         b, n = codes[0].shape[0], self.config.num_classes
-        joint = torch.stack([self.log_prob_levels(codes, torch.full((b,), y, device=codes[0].device)).sum(1)
-                             for y in range(n)])
+        joint = torch.stack(
+            [self.log_prob_levels(codes, torch.full((b,), y, device=codes[0].device)).sum(1) for y in range(n)]
+        )
         return torch.logsumexp(joint, 0) - math.log(n)
 
     def loss(self, x: torch.Tensor, step: int = 0) -> Loss:
@@ -193,8 +199,13 @@ class CodePrior(Trainable):
         return Loss(nll, terms)
 
     @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0, labels: torch.Tensor | None = None,
-               given: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+    def sample(
+        self,
+        n: int,
+        temperature: float = 1.0,
+        labels: torch.Tensor | None = None,
+        given: list[torch.Tensor] | None = None,
+    ) -> list[torch.Tensor]:
         """Code maps drawn ancestrally, level by level and position by position: list of (n, H, W).
 
         The logits are divided by `temperature` (< 1: sharper, towards the most likely codes). `given`
@@ -206,8 +217,10 @@ class CodePrior(Trainable):
         if codes:
             shapes = [(h, w) for _, h, w in self.level_shapes]
             if len(codes) > len(shapes) or any(c.shape != (n, *s) for c, s in zip(codes, shapes)):
-                raise AezooError(f"given codes of shapes {[tuple(c.shape) for c in codes]} do not match this prior's "
-                                 f"first levels {shapes[: len(codes)]} for {n} samples")
+                raise AezooError(
+                    f"given codes of shapes {[tuple(c.shape) for c in codes]} do not match this prior's "
+                    f"first levels {shapes[: len(codes)]} for {n} samples"
+                )
         if self.class_embed is not None and labels is None:
             labels = torch.arange(n, device=device) % self.config.num_classes
         for level in range(len(codes), len(self.level_shapes)):
@@ -283,14 +296,18 @@ class GatedPixelCNN(nn.Module):
 
 @dataclass
 class PixelCNNConfig(CodePriorConfig):
-    channels: int = number(32, 1)
-    layers: int = number(8, 1)
+    channels: int = number(32, 1)  # feature channels of the gated layers
+    layers: int = number(8, 1)  # gated layers (each a vertical and a horizontal stack)
     head: int = number(256, 1)  # hidden channels of the 1x1 output head
 
 
-@register("pixelcnn", "gated PixelCNN prior over code maps (van den Oord 2016), optionally class-conditional",
-          default_data="codes", tiny={"channels": 8, "layers": 2, "head": 16, "codebook_sizes": (8,),
-                                         "code_shapes": (4, 4), "data_shape": (17,)}, prior=True)
+@register(
+    "pixelcnn",
+    "gated PixelCNN prior over code maps (van den Oord 2016), optionally class-conditional",
+    default_data="codes",
+    tiny={"channels": 8, "layers": 2, "head": 16, "codebook_sizes": (8,), "code_shapes": (4, 4), "data_shape": (17,)},
+    prior=True,
+)
 class PixelCNNPrior(CodePrior):
     config_class = PixelCNNConfig
 
