@@ -109,16 +109,19 @@ class QuantizerConfig:
     """The quantiser's settings; a VQ model's config inherits them (one set for all its quantisers).
     Settings a quantiser has no use for are ignored, those that cannot work refused (`check_quantizer`)."""
 
-    quantizer: str = choice("vq", "fsq", "rvq", "gumbel")  # module docstring
+    # how encoder outputs become codes (aezoo.quantize): vq, the nearest of K learned codes; fsq, each dimension
+    # rounded to its fsq_levels; rvq, rvq_depth codebooks on successive residuals; gumbel, Gumbel-softmax over K codes
+    quantizer: str = choice("vq", "fsq", "rvq", "gumbel")
     codebook_size: int = number(512, 2)  # K (vq, gumbel; each stage of rvq); fsq: prod(fsq_levels), this is ignored
     code_dim: int = number(64, 1)  # D; fsq: must equal len(fsq_levels)
     beta: float = number(0.25, 0.0)  # weight of the commitment term (vq, rvq)
-    codebook_update: str = choice("ema", "gradient")  # vq, rvq (gumbel: always gradient)
-    ema_decay: float = number(0.99, 0.0, 1.0, hi_open=True)  # gamma
+    # how the codebook learns: moving averages of the encoder outputs, or gradient (vq, rvq; gumbel: always gradient)
+    codebook_update: str = choice("ema", "gradient")
+    ema_decay: float = number(0.99, 0.0, 1.0, hi_open=True)  # gamma of the codebook's moving averages
     ema_epsilon: float = number(1e-5, 0.0, lo_open=True)  # Laplace smoothing of the counts N_i
     restart_after: int = number(50, 0)  # restart a code unused for this many training steps (0: never; vq, rvq)
     kmeans_iters: int = number(0, 0)  # k-means iterations on the first batch's encoder outputs (0: off; vq, rvq)
-    fsq_levels: tuple[int, ...] = (8, 5, 5, 5)  # fsq: levels L_d of each dimension, K = prod L_d (here 1000)
+    fsq_levels: tuple[int, ...] = (8, 5, 5, 5)  # fsq: levels L_d of each dimension, K = prod L_d (the default: 1000)
     rvq_depth: int = number(2, 1)  # rvq: codebooks quantising successive residuals (code levels per spatial level)
     rvq_dropout: bool = False  # rvq: train each step with the first n_q ~ U{1..depth} codebooks only
     gumbel_tau_start: float = number(1.0, 0.0, lo_open=True)  # gumbel: temperature at step 0
