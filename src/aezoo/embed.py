@@ -370,8 +370,8 @@ def _vq_codes(model: CodeModel, z: torch.Tensor) -> list[torch.Tensor]:
         top = model.quantizer_top.assign(model.encoder_top(z))
         z_top = model.quantizer_top.lookup(top)
         bottom = model.quantizer_bottom.assign(model.bottom_in(torch.cat([z, model.decoder_top(z_top)], 1)))
-        return [top, bottom]
-    return [model.quantizer.assign(z)]
+        return [*model.quantizer_top.code_maps(top), *model.quantizer_bottom.code_maps(bottom)]
+    return model.quantizer.code_maps(model.quantizer.assign(z))
 
 
 @torch.no_grad()
