@@ -19,7 +19,7 @@ from pathlib import Path
 from .errors import AezooError
 from .files import atomic_write_bytes, is_number, read_json
 from .glossary import KEYS
-from .runfolder import SPLIT_ORDER, loss_terms, read_metrics
+from .runfolder import SPLIT_ORDER, loss_terms, read_metrics, steps_done_and_planned
 
 # What each picture shows, by file stem (plots/<stem>.png); the title is the stem's words otherwise.
 CAPTIONS = {
@@ -156,10 +156,9 @@ def _progress_html(config: dict, records: list[dict]) -> str:
     train = [r for r in records if r["split"] == "train"]
     if not train:
         return "<p class='muted'>No training step logged yet.</p>"
-    t = config.get("train", {}) if isinstance(config.get("train"), dict) else {}
-    done = int(train[-1]["step"])
+    done, planned = steps_done_and_planned(config.get("train") if isinstance(config.get("train"), dict) else {},
+                                           records)
     per_epoch = next((r["step"] / r["epoch"] for r in train if is_number(r.get("epoch")) and r["epoch"] > 0), None)
-    planned = t.get("steps") or (round(t["epochs"] * per_epoch) if per_epoch and is_number(t.get("epochs")) else None)
     # time_s restarts at 0 when a run is resumed: add up the segments
     wall, last = 0.0, 0.0
     for r in train:

@@ -120,6 +120,18 @@ def curves(records: list[dict], terms: list[str]) -> dict[str, dict[str, list[tu
                 for s in splits} for t in terms}
 
 
+def steps_done_and_planned(train: dict, records: list[dict]) -> tuple[int, int | None]:
+    """The last logged training step, and the run's planned total (train.steps, or train.epochs times the
+    steps of an epoch as the log shows them; None when neither can be told). `train` is config.json's
+    train section."""
+    logged = [r for r in records if r["split"] == "train"]
+    done = int(logged[-1]["step"]) if logged else 0
+    per_epoch = next((r["step"] / r["epoch"] for r in logged if is_number(r.get("epoch")) and r["epoch"] > 0), None)
+    planned = train.get("steps") or (round(train["epochs"] * per_epoch)
+                                      if per_epoch and is_number(train.get("epochs")) else None)
+    return done, planned
+
+
 def train_throughput(records: list[dict]) -> dict:
     """The median training samples/s over the logged intervals."""
     rates = sorted(r["samples_per_s"] for r in records if r["split"] == "train" and is_number(r.get("samples_per_s")))

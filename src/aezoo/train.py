@@ -27,7 +27,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm import tqdm
 
 from . import registry
 from .config import RunConfig, run_tree
@@ -37,6 +36,7 @@ from .errors import AezooError
 from .files import load_state, save_state, save_weights, write_json
 from .models.capabilities import Adversarial
 from .optim import make_optimizer, make_schedule
+from .progress import progress
 from .runfolder import RunFolder, append_metrics, truncate_metrics
 
 
@@ -308,15 +308,8 @@ class Trainer:
             model.on_train_start(self.batches.get(0))
         forward = self._forward()  # after on_train_start: DDP starts every process from rank 0's weights
         val_every = t.val_every or len(self.batches)
-        bar = tqdm(
-            total=self.total_steps,
-            initial=self.step,
-            disable=not (t.progress and self.procs.main) or None,
-            desc=self.cfg.model_name,
-            unit="step",
-            dynamic_ncols=True,
-            file=sys.stderr,
-        )
+        bar = progress(None, self.cfg.model_name, total=self.total_steps, initial=self.step, unit="step",
+                       enabled=t.progress and self.procs.main)
         started = tick = time.perf_counter()
         tick_step = self.step
         try:

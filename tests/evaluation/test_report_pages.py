@@ -52,6 +52,9 @@ def test_report_says_when_a_run_stopped_early(two_runs, tmp_path):
     (run / "config.json").write_text(json.dumps(config))
     html = write_report(run).read_text()
     assert "stopped at step 4 of 40 (10%)" in html and "has not finished training" in html
+    notes = evaluate(run)["notes"]
+    assert any("stopped at step 4 of 40 (10%)" in note for note in notes)
+    assert "notes" not in evaluate(two_runs[1])  # a finished run has nothing to say
 
 
 def test_comparison_puts_numbers_curves_and_pictures_side_by_side(two_runs, tmp_path):

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..files import write_json
-from ..runfolder import load_run, read_metrics, train_throughput
+from ..runfolder import load_run, read_metrics, steps_done_and_planned, train_throughput
 from . import codes, disentanglement, features, likelihood, reconstruction, retrieval, sequences  # noqa: F401  (register)
 from .base import EVAL_SEED, EVALUATORS, EvalContext, evaluator
 
@@ -38,7 +38,12 @@ def evaluate(path: str | Path, split: str | None = None) -> dict:
             out = ev.run(ctx)
             notes += out.pop("notes", [])
             results.update(out)
-    results.update(train_throughput(read_metrics(run.metrics)))
+    records = read_metrics(run.metrics)
+    results.update(train_throughput(records))
+    done, planned = steps_done_and_planned({"steps": cfg.train.steps, "epochs": cfg.train.epochs}, records)
+    if planned and done < planned:
+        notes.append(f"the run stopped at step {done:,} of {planned:,} ({done / planned:.0%}): these numbers "
+                     f"describe a model that has not finished training (`aezoo resume {run.path}` continues it)")
     if notes:
         results["notes"] = notes
     write_json(run.eval, results)
