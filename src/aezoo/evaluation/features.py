@@ -96,11 +96,12 @@ def encode_split(model, raw: torch.Tensor, scale: float, binarize: str, batch_si
     return torch.cat(codes)
 
 
-def _has_labels(model, ds) -> bool:
+def labelled(model, ds) -> bool:
+    """Images or vectors whose training split has labels: what the probes and retrieval need."""
     return ds.kind in ("image", "vector") and "train" in ds.labels
 
 
-@evaluator(_has_labels)
+@evaluator(labelled)
 @torch.no_grad()
 def feature_probes(ctx: EvalContext) -> dict:
     """probe_linear_acc and probe_knn_acc of the model's codes (module docstring)."""

@@ -19,7 +19,7 @@ import torch
 
 from ..data import prepare
 from .base import EVAL_SEED, EvalContext, evaluator
-from .features import MAX_TRAIN_NUMBERS, encode_split, nearest
+from .features import MAX_TRAIN_NUMBERS, encode_split, labelled, nearest
 
 K = 10
 METRICS = ("euclidean", "cosine")
@@ -32,11 +32,7 @@ def precision_at_k(train: torch.Tensor, train_y: torch.Tensor, query: torch.Tens
     return float(hits.float().mean())
 
 
-def _labelled(model, ds) -> bool:
-    return ds.kind in ("image", "vector") and "train" in ds.labels
-
-
-@evaluator(_labelled)
+@evaluator(labelled)
 @torch.no_grad()
 def retrieval(ctx: EvalContext) -> dict:
     """precision@10 of nearest neighbours in code space and in input space (module docstring)."""
