@@ -51,6 +51,12 @@ KEYS: dict[str, Key] = {
     "dci_informativeness": Key("", "higher", "DCI informativeness: accuracy of predicting the factors from the codes"),
     "sap": Key("", "higher", "separated attribute predictability (Kumar et al. 2018)"),
     "metric_samples": Key("images", "", "images drawn from the factor grid for the disentanglement metrics"),
+    "retrieval_p10_euclidean": Key("fraction", "higher", "precision@10: share of a test example's 10 nearest "
+                                   "training codes (Euclidean) with its label"),
+    "retrieval_p10_cosine": Key("fraction", "higher", "precision@10 with cosine similarity of the codes"),
+    "retrieval_p10_pixels_euclidean": Key("fraction", "", "precision@10 of raw inputs (Euclidean): the baseline"),
+    "retrieval_p10_pixels_cosine": Key("fraction", "", "precision@10 of raw inputs (cosine): the baseline"),
+    "retrieval_train_examples": Key("examples", "", "training examples searched for the nearest neighbours"),
     "codebook_usage": Key("fraction", "higher", "fraction of the codebook chosen at least once on the split "
                           "(per level, coarsest first)"),
     "codebook_perplexity": Key("codes", "higher", "exp(entropy) of the code frequencies: K when all codes are used "

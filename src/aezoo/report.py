@@ -67,7 +67,7 @@ table table { margin: 0; } table table td, table table th { border-color: #eee; 
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 svg.spark { vertical-align: middle; margin-left: 0.5em; }
 figcaption { color: #555; font-size: 0.9em; max-width: 60em; }
-td.meaning { color: #555; font-size: 0.9em; max-width: 40em; }
+td.meaning { color: #555; font-size: 0.9em; max-width: 40em; } td.better { white-space: nowrap; }
 .warn { background: #fff4d6; border-left: 4px solid #e0a800; padding: 0.5em 0.8em; }
 """
 
@@ -146,7 +146,8 @@ def _eval_html(results: dict) -> str:
         unit, better, meaning = (key.unit, key.better, key.meaning) if key else ("", "", "")
         arrow = {"lower": "&darr; lower is better", "higher": "&uarr; higher is better"}.get(better, "")
         rows.append(f"<tr><th>{escape(str(k))}</th><td{' class=num' if is_number(v) else ''}>{value_html(v)}</td>"
-                    f"<td>{escape(unit)}</td><td>{arrow}</td><td class=meaning>{escape(meaning)}</td></tr>")
+                    f"<td>{escape(unit)}</td><td class=better>{arrow}</td>"
+                    f"<td class=meaning>{escape(meaning)}</td></tr>")
     head = "<tr><th>key</th><th>value</th><th>unit</th><th></th><th>meaning</th></tr>"
     return f"{warn}<table>{head}{''.join(rows)}</table>"
 
