@@ -192,7 +192,7 @@ def encode_codes(prior: CodePrior, codes: list[torch.Tensor], labels: torch.Tens
                         p = prior.conditional_probabilities(level, batch, y, i, j)
                         symbols = batch[level][:, i, j]
                         encoder.encode(symbols.numpy().astype(np.int32), family, quantised(p))
-                        bits -= float(torch.log2(p[rows, symbols]).sum())
+                        bits -= float(torch.log2(p[rows, symbols].clamp_min(1e-300)).sum())  # 0 if underflowed
     return encoder.get_compressed(), bits
 
 
