@@ -19,8 +19,11 @@ def vae_run(tmp_path_factory):
 
 
 def test_models_and_datasets_are_listed():
+    from aezoo.registry import MODELS
+
     code, out, _ = run_cli("models")
-    assert code == 0 and "vae" in out and "ae" in out
+    listed = [line.split()[0] for line in out.splitlines()]
+    assert code == 0 and listed == list(MODELS) and "ae" in listed and "vae" in listed
     code, out, _ = run_cli("datasets")
     assert code == 0 and "mnist" in out and "read from" in out
 

@@ -180,7 +180,8 @@ def test_report_full(tmp_path):
         assert number in html, number
     assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     # the last losses: train at step 100 and val at step 100
-    assert "step 100" in html and "50" in html and "49" in html
+    assert "train <small>(step 100)</small>" in html and "val <small>(step 100)</small>" in html
+    assert "<tr><th>loss</th><td class=num>50</td><td class=num>49</td></tr>" in html
     # every plot embedded, sorted, with a heading from its name, and decodable to the very file
     images = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html)
     assert len(images) == 2
