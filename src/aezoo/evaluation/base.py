@@ -9,12 +9,12 @@ says otherwise (the reduction convention of `distributions`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from ..config import RunConfig
-from ..data import EVAL_SEED, Batches, Dataset
+from ..data import EVAL_SEED, Batches, Dataset, prepare
 from ..progress import progress
 from ..runfolder import RunFolder
 
@@ -28,11 +28,35 @@ class EvalContext:
     cfg: RunConfig
     split: str
     run: RunFolder
+    _codes: dict = field(default_factory=dict, repr=False)  # codes computed once, for every evaluator
 
     def batches(self, batch_size: int | None = None) -> Batches:
         """The evaluated split in order, binarised as in training with a fixed seed."""
         return Batches(self.dataset, self.split, batch_size or self.cfg.eval.batch_size,
                        self.cfg.data.binarize, seed=EVAL_SEED, shuffle=False)
+
+    def split_codes(self) -> torch.Tensor:
+        """The model's flattened codes (N, F) of the evaluated split, in order; encoded once."""
+        if "split" not in self._codes:
+            self._codes["split"] = torch.cat([self.model.encode(x).flatten(1).float()
+                                              for x in self.progress(self.batches(), "encoding the split")])
+        return self._codes["split"]
+
+    def train_inputs(self, n: int) -> torch.Tensor:
+        """The first n training examples as the model sees them (N, D): [0, 1] data binarised as in
+        training, with a fixed seed per batch."""
+        raw, b = self.dataset.x["train"][:n], self.cfg.eval.batch_size
+        return torch.cat([prepare(chunk, self.dataset.scale, self.cfg.data.binarize, EVAL_SEED + i).flatten(1)
+                          for i, chunk in enumerate(raw.split(b))])
+
+    def train_codes(self, n: int) -> torch.Tensor:
+        """The model's flattened codes (n, F) of `train_inputs(n)`; encoded once."""
+        if ("train", n) not in self._codes:
+            shape = self.dataset.x["train"].shape[1:]
+            chunks = self.train_inputs(n).split(self.cfg.eval.batch_size)
+            self._codes["train", n] = torch.cat([self.model.encode(x.view(-1, *shape)).flatten(1).float()
+                                                 for x in self.progress(chunks, "encoding the training split")])
+        return self._codes["train", n]
 
     def progress(self, iterable, desc: str):
         return progress(iterable, desc)

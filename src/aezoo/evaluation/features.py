@@ -21,7 +21,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..data import prepare
 from ..models.capabilities import Denoising
 from ..models.regularised import SparseAE
 from ..plots import save_histogram
@@ -86,16 +85,6 @@ def knn_predict(train: torch.Tensor, train_y: torch.Tensor, query: torch.Tensor,
     return votes.argmax(1)
 
 
-@torch.no_grad()
-def encode_split(model, raw: torch.Tensor, scale: float, binarize: str, batch_size: int, seed: int = EVAL_SEED,
-                 progress=lambda it, desc: it) -> torch.Tensor:
-    """The flattened float codes (N, F) of stored examples `raw`, made into [0, 1] data as in training
-    (binarised with a fixed seed per batch)."""
-    codes = [model.encode(prepare(chunk, scale, binarize, seed + i)).flatten(1).float()
-             for i, chunk in enumerate(progress(raw.split(batch_size), "probes: encoding"))]
-    return torch.cat(codes)
-
-
 def labelled(model, ds) -> bool:
     """Images or vectors whose training split has labels: what the probes and retrieval need."""
     return ds.kind in ("image", "vector") and "train" in ds.labels
@@ -109,10 +98,9 @@ def feature_probes(ctx: EvalContext) -> dict:
     test_y = ds.labels.get(ctx.split)
     if test_y is None:
         return {}
-    test = torch.cat([ctx.model.encode(x).flatten(1).float() for x in ctx.progress(ctx.batches(), "probes: encoding")])
+    test = ctx.split_codes()
     n = min(e.probe_train or len(ds.x["train"]), max(1, MAX_TRAIN_NUMBERS // test.shape[1]))
-    train = encode_split(ctx.model, ds.x["train"][:n], ds.scale, ctx.cfg.data.binarize, e.batch_size,
-                         progress=ctx.progress)
+    train = ctx.train_codes(n)
     train_y = ds.labels["train"][:n].long()
     test_y = test_y[: len(test)].long()
     knn = float((knn_predict(train, train_y, test) == test_y).float().mean())

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from ..data import prepare
-from .base import EVAL_SEED, EvalContext, evaluator
-from .features import MAX_TRAIN_NUMBERS, encode_split, labelled, nearest
+from .base import EvalContext, evaluator
+from .features import MAX_TRAIN_NUMBERS, labelled, nearest
 
 K = 10
 METRICS = ("euclidean", "cosine")
@@ -40,18 +39,11 @@ def retrieval(ctx: EvalContext) -> dict:
     query_y = ds.labels.get(ctx.split)
     if query_y is None:
         return {}
-    inputs, codes = [], []
-    for x in ctx.progress(ctx.batches(), "retrieval: encoding"):
-        inputs.append(x.flatten(1).float())
-        codes.append(ctx.model.encode(x).flatten(1).float())
-    query, query_x = torch.cat(codes), torch.cat(inputs)
+    query = ctx.split_codes()
+    query_x = torch.cat([x.flatten(1).float() for x in ctx.batches()])
     width = max(query.shape[1], query_x.shape[1])
     n = min(e.probe_train or len(ds.x["train"]), max(1, MAX_TRAIN_NUMBERS // width))
-    raw = ds.x["train"][:n]
-    binarize = ctx.cfg.data.binarize
-    train = encode_split(ctx.model, raw, ds.scale, binarize, e.batch_size, progress=ctx.progress)
-    train_x = torch.cat([prepare(chunk, ds.scale, binarize, EVAL_SEED + i).flatten(1)
-                         for i, chunk in enumerate(raw.split(e.batch_size))])  # as encode_split binarises
+    train, train_x = ctx.train_codes(n), ctx.train_inputs(n)
     train_y = ds.labels["train"][:n].to(train.device).long()
     query_y = query_y[: len(query)].to(query.device).long()
     out = {}
