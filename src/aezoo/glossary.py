@@ -71,6 +71,11 @@ KEYS: dict[str, Key] = {
     "rollout_mse": Key("per frame", "lower", "squared error summed over a frame of the prediction d = 1, 2, ... "
                        "steps ahead"),
     "rollout_mse_baseline": Key("per frame", "", "the same error for copying the last frame seen"),
+    "log_pd": Key("nats/example", "higher", "TD-VAE: log p_D(x_t2 | z_t2), the decoder's likelihood of frame t2"),
+    "log_pb_t1": Key("nats/example", "", "TD-VAE: log p_B(z_t1 | b_t1), the earlier belief at the smoothed state"),
+    "log_pt": Key("nats/example", "", "TD-VAE: log p_T(z_t2 | z_t1), the jump's transition density"),
+    "log_pb_t2": Key("nats/example", "", "TD-VAE: log p_B(z_t2 | b_t2), the later belief at its own sample"),
+    "log_ps": Key("nats/example", "", "TD-VAE: log p_S(z_t1 | z_t2, b_t1, b_t2), the smoothing density"),
     "neg_j": Key("nats/example", "lower", "-J(t1, t2), the TD-VAE loss, on one random pair per sequence"),
     "train_samples_per_s": Key("samples/s", "higher", "median training throughput over the logged intervals"),
 }
