@@ -82,10 +82,8 @@ def render_comparison(run_dirs: list[str | Path]) -> str:
         if not (r / "config.json").is_file():
             raise AezooError(f"{r}: no run here (config.json missing)")
     names = _names(runs)
-    results = []
-    for r in runs:
-        res, err = read_json_or_why(r / "eval.json")
-        results.append(res if isinstance(res, dict) else {})
+    results = [read_json_or_why(r / "eval.json")[0] for r in runs]
+    results = [res if isinstance(res, dict) else {} for res in results]
     models = [str((read_json_or_why(r / "config.json")[0] or {}).get("model_name", "?")) for r in runs]
     with tempfile.TemporaryDirectory() as tmp:
         curves_html = _curves_html(names, runs, Path(tmp))

@@ -159,7 +159,6 @@ def _progress_html(config: dict, records: list[dict]) -> str:
         return "<p class='muted'>No training step logged yet.</p>"
     done, planned = steps_done_and_planned(config.get("train") if isinstance(config.get("train"), dict) else {},
                                            records)
-    per_epoch = next((r["step"] / r["epoch"] for r in train if is_number(r.get("epoch")) and r["epoch"] > 0), None)
     # time_s restarts at 0 when a run is resumed: add up the segments
     wall, last = 0.0, 0.0
     for r in train:
@@ -168,8 +167,8 @@ def _progress_html(config: dict, records: list[dict]) -> str:
         last = now
     rates = sorted(r["samples_per_s"] for r in train if is_number(r.get("samples_per_s")))
     facts = {"steps done": f"{done:,}" + (f" of {planned:,} planned" if planned else "")}
-    if per_epoch:
-        facts["epochs"] = f"{done / per_epoch:.3g}"
+    if is_number(train[-1].get("epoch")):
+        facts["epochs"] = f"{train[-1]['epoch']:.3g}"
     facts["training wall time"] = f"{wall:,.0f} s"
     if rates:
         facts["training samples/s (median)"] = f"{rates[len(rates) // 2]:,.0f}"
