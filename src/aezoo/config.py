@@ -81,6 +81,8 @@ class TrainConfig:
     checkpoint_every: int = number(1000, 1)  # steps between checkpoints (one is also written at the end)
     val_every: int = number(0, 0)  # steps between validation passes (0: once an epoch)
     progress: bool = True  # show progress on stderr (a bar on a terminal, periodic lines otherwise)
+    # jsonl: metrics.jsonl only; tensorboard: also TensorBoard event files in RUN/tensorboard (pip install aezoo[tensorboard])
+    log: str = choice("jsonl", "tensorboard")
     # Mixed precision: autocast to bf16, or fp16 with a gradient scaler (GPU); fp32 is exact resume's home.
     precision: str = choice("fp32", "bf16", "fp16")
     # torch's fused optimiser: the same update in one kernel per parameter instead of ~7 (faster: see
@@ -104,6 +106,13 @@ class EvalConfig:
     limit: int = number(0, 0)  # evaluate on the first N examples only (0: all)
     metric_samples: int = number(10_000, 100)  # images drawn from the factor grid for the disentanglement metrics
     probe_train: int = number(10_000, 0)  # training examples the feature probes (linear, k-NN) learn from (0: all)
+    # papers: each metric as its paper defines it; dlib: disentanglement_lib's estimators (Locatello et al. 2019)
+    metric_protocol: str = choice("papers", "dlib")
+    # fine-tune a classifier (encoder + softmax layer) from the trained encoder and from scratch (slow: off by default)
+    finetune: bool = False
+    finetune_epochs: int = number(50, 1)  # most epochs of fine-tuning (early stopping on the validation split)
+    finetune_patience: int = number(5, 1)  # epochs without a better validation error before fine-tuning stops
+    finetune_lr: float = number(1e-3, 0.0, 10.0, lo_open=True)  # Adam's learning rate for fine-tuning
 
 
 @dataclass
