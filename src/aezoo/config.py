@@ -58,6 +58,10 @@ class DataConfig:
     pad_to: int = number(0, 0)  # zero-pad images to pad_to x pad_to (0: as they are)
     file: str = ""  # an array file, for datasets read from one (arrays, sequences)
     image_size: int = number(0, 0)  # images: scale and centre-crop each image to S x S (0: all share one size)
+    # read arrays from disk as batches need them instead of into memory: auto (.npy data of 256 MiB or more,
+    # image folders whose pixels would take that much, through a uint8 cache), on (always), off (never)
+    memmap: str = choice("auto", "on", "off")
+    cache_dir: str = ""  # where image folders' uint8 caches are kept ("": ~/.cache/aezoo, or $XDG_CACHE_HOME/aezoo)
 
 
 @dataclass
