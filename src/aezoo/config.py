@@ -69,10 +69,10 @@ class TrainConfig:
     epochs: int = number(10, 1)  # passes over the training split (unless train.steps is set)
     steps: int = number(0, 0)  # when > 0, train for this many steps instead of epochs
     batch_size: int = number(100, 1)  # examples per step, over all processes
-    optimizer: str = choice("adam", "adamw", "sgd")  # torch's Adam, AdamW or SGD with momentum
+    optimizer: str = choice("adam", "adamw", "sgd", "adagrad")  # torch's Adam, AdamW, SGD with momentum or Adagrad
     lr: float = number(1e-3, 0.0, 10.0, lo_open=True)  # learning rate (scaled by train.schedule)
     betas: tuple[float, float] = (0.9, 0.999)  # Adam's moment decays
-    eps: float = number(1e-8, 0.0, 1.0, lo_open=True)  # Adam's epsilon
+    eps: float = number(1e-8, 0.0, 1.0, lo_open=True)  # Adam's and Adagrad's epsilon
     momentum: float = number(0.9, 0.0, 1.0)  # SGD's momentum
     weight_decay: float = number(0.0, 0.0)  # L2 penalty (decoupled for adamw)
     # burda2015: stage i lasts 3^i epochs at lr * 10^(-i/7) (Burda et al. 2016, sec. 5)

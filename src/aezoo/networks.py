@@ -36,10 +36,13 @@ class BackboneConfig:
     hidden: tuple[int, ...] = (512, 256)  # widths of the fully connected layers (the decoder mirrors them)
     channels: tuple[int, ...] = (32, 64)  # conv only: channels of each stride-2 layer
     activation: str = choice("relu", *(a for a in ACTIVATIONS if a != "relu"))  # the hidden layers' nonlinearity
+    # widths of the decoder's fully connected layers, from the code up (empty: the encoder's, mirrored)
+    decoder_hidden: tuple[int, ...] = ()
+    decoder_activation: str = choice("same", *ACTIVATIONS)  # the decoder's nonlinearity (same: model.activation)
 
     def check_backbone(self, data_shape: tuple[int, ...]) -> None:
-        if any(h < 1 for h in self.hidden) or any(c < 1 for c in self.channels):
-            raise AezooError("model.hidden and model.channels must be positive")
+        if any(h < 1 for h in (*self.hidden, *self.decoder_hidden, *self.channels)):
+            raise AezooError("model.hidden, model.decoder_hidden and model.channels must be positive")
         if self.backbone == "conv":
             if len(data_shape) != 3:
                 raise AezooError(f"model.backbone=conv needs images (C, H, W); data has shape {data_shape}")
@@ -96,8 +99,8 @@ class Decoder(nn.Module):
     def __init__(self, cfg: BackboneConfig, data_shape: tuple[int, ...], in_features: int, params_per_dim: int = 1):
         super().__init__()
         cfg.check_backbone(data_shape)
-        act = cfg.activation
-        widths = list(reversed(cfg.hidden))
+        act = cfg.activation if cfg.decoder_activation == "same" else cfg.decoder_activation
+        widths = list(cfg.decoder_hidden or reversed(cfg.hidden))
         self.head = mlp([in_features, *widths], act, final_activation=True) if widths else nn.Identity()
         last = widths[-1] if widths else in_features
         self.out_shape = (params_per_dim * data_shape[0], *data_shape[1:])

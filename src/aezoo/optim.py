@@ -10,10 +10,12 @@ from .config import TrainConfig
 
 
 def make_optimizer(params, t: TrainConfig) -> torch.optim.Optimizer:
-    """Adam, AdamW or SGD; fused (one kernel per parameter) unless train.fused_optimizer=false."""
+    """Adam, AdamW, SGD or Adagrad; fused (one kernel per parameter) unless train.fused_optimizer=false."""
     fused = True if t.fused_optimizer else None  # models live on cpu or cuda, both with fused kernels
     if t.optimizer == "sgd":
         return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, fused=fused)
+    if t.optimizer == "adagrad":
+        return torch.optim.Adagrad(params, lr=t.lr, eps=t.eps, weight_decay=t.weight_decay, fused=fused)
     cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
     return cls(params, lr=t.lr, betas=t.betas, eps=t.eps, weight_decay=t.weight_decay, fused=fused)
 

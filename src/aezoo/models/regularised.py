@@ -143,6 +143,9 @@ class DAEConfig(RegularisedConfig):
     def validate(self) -> None:
         if self.pretrain_steps and self.backbone != "mlp":
             raise AezooError("model.pretrain_steps (layer-wise pretraining) needs model.backbone=mlp")
+        if self.pretrain_steps and self.decoder_hidden and tuple(self.decoder_hidden) != tuple(reversed(self.hidden)):
+            raise AezooError("model.pretrain_steps (layer-wise pretraining) needs the decoder to mirror the encoder: "
+                             "leave model.decoder_hidden empty")
 
 
 @register(
