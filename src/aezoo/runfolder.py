@@ -5,6 +5,8 @@
     resume.pt          the state for an exact resume (written by the engine)
     metrics.jsonl      one JSON object per logged step: "step", "split" (train or val), the terms
     eval.json          the measurements (`aezoo.evaluation`)
+    environment.json   the software and machine of each piece of training (written at train start and resume)
+    tensorboard/       with train.log=tensorboard: metrics.jsonl's scalars as TensorBoard event files
     plots/, report.html
 
 Every file is written atomically (`files`). This module is the one reader and writer of
@@ -20,7 +22,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import registry
+from . import registry, zoo
 from .config import RunConfig
 from .data import Dataset, load_dataset
 from .distributed import pick_device
@@ -41,6 +43,7 @@ class RunFolder:
     metrics = property(lambda self: self.path / "metrics.jsonl")
     eval = property(lambda self: self.path / "eval.json")
     plots = property(lambda self: self.path / "plots")
+    tensorboard = property(lambda self: self.path / "tensorboard")
     lock_file = property(lambda self: self.path / ".lock")
 
     def require(self) -> None:
@@ -102,6 +105,35 @@ def truncate_metrics(path: str | Path, step: int) -> None:
         atomic_write_bytes(path, "".join(kept).encode())
 
 
+def require_tensorboard() -> None:
+    """Refuses train.log=tensorboard, before anything is written, when the package is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
+        raise AezooError("train.log=tensorboard needs the tensorboard package: pip install 'aezoo[tensorboard]'")
+
+
+class TensorBoardLog:
+    """The scalars of every metrics.jsonl line, also as TensorBoard events in RUN/tensorboard: tag
+    "<split>/<key>" at the line's step. Opened at `step` (a resumed run's checkpoint), it tells TensorBoard
+    to discard the events logged after that step by the interrupted piece, as `truncate_metrics` drops
+    their lines."""
+
+    def __init__(self, folder: Path, step: int):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(folder), purge_step=step + 1)
+
+    def add(self, record: dict) -> None:
+        step, split = int(record["step"]), record["split"]
+        for key, value in record.items():
+            if key not in ("step", "split") and is_number(value):
+                self.writer.add_scalar(f"{split}/{key}", value, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 def loss_terms(records: list[dict]) -> list[str]:
     """The numeric non-bookkeeping keys of `records`, "loss" first, then in order of appearance.
     Per-unit diagnostics (`kl_0`, `kl_1`, ...) are left to their own plot."""
@@ -141,8 +173,8 @@ def train_throughput(records: list[dict]) -> dict:
 # --- loading ------------------------------------------------------------------------------------
 def load_run(path: str | Path, split: str | None = None, device: str | None = None):
     """(model, dataset, cfg, run) of a finished or checkpointed run, on the configured device; the
-    evaluated split cut to `eval.limit` examples."""
-    run = RunFolder(Path(path))
+    evaluated split cut to `eval.limit` examples. A zoo entry's name loads its writable copy (`zoo.copy`)."""
+    run = RunFolder(zoo.resolve_writable(path))
     run.require()
     cfg: RunConfig = registry.load_run_config(run.path)
     if split:

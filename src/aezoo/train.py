@@ -37,7 +37,7 @@ from .files import load_state, save_state, save_weights, write_json
 from .models.capabilities import Adversarial
 from .optim import make_optimizer, make_schedule
 from .progress import progress
-from .runfolder import RunFolder, append_metrics, truncate_metrics
+from .runfolder import RunFolder, TensorBoardLog, append_metrics, require_tensorboard, truncate_metrics
 
 
 class _LossModule(nn.Module):
@@ -92,6 +92,7 @@ class Trainer:
         self.last_checkpoint = 0
         self.log_sums: dict[str, torch.Tensor | float] = {}
         self.log_count = 0
+        self.tensorboard: TensorBoardLog | None = None  # opened by `fit` (process 0, train.log=tensorboard)
 
     # --- checkpoints ----------------------------------------------------------------------------
     def state(self) -> dict:
@@ -164,6 +165,8 @@ class Trainer:
     def log(self, record: dict) -> None:
         if self.procs.main:
             append_metrics(self.run.metrics, record)
+            if self.tensorboard is not None:
+                self.tensorboard.add(record)
 
     @torch.no_grad()
     def validate(self) -> dict:
@@ -310,6 +313,8 @@ class Trainer:
         val_every = t.val_every or len(self.batches)
         bar = progress(None, self.cfg.model_name, total=self.total_steps, initial=self.step, unit="step",
                        enabled=t.progress and self.procs.main)
+        if t.log == "tensorboard" and self.procs.main:
+            self.tensorboard = TensorBoardLog(self.run.tensorboard, self.step)
         started = tick = time.perf_counter()
         tick_step = self.step
         try:
@@ -352,11 +357,16 @@ class Trainer:
             ) from None
         finally:
             bar.close()
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+                self.tensorboard = None
 
 
 def _prepare(cfg: RunConfig) -> tuple[Dataset, torch.device, Processes]:
     """Load the data and fit the model's config to it (its data shape, and what the config leaves to the
     data): everything that can fail before a file is written."""
+    if cfg.train.log == "tensorboard":
+        require_tensorboard()
     device = pick_device(cfg.train.device)
     procs = init_processes(device)
     dataset = load_dataset(cfg.data)
