@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from . import registry
+from . import registry, zoo
 from .config import merge, parse_overrides, read_config_file
 from .errors import AezooError
 
@@ -33,6 +33,30 @@ def _cmd_datasets(args) -> None:
     for name, info in DATASETS.items():
         where = info.where(DataConfig(name=name, dir=args.dir or ""))
         print(f"{name:<{width}}  {info.summary}\n{'':<{width}}  read from: {where}")
+
+
+def _cmd_zoo(args) -> None:
+    from .glossary import KEYS
+
+    rows = []
+    for e in zoo.entries():
+        results = e.eval()
+        numbers = [f"{k} {zoo.format_value(results[k])} {KEYS[k].unit if k in KEYS else ''}".rstrip()
+                   for k in e.headline]
+        rows.append((e.name, e.model, e.data, "; ".join(numbers), f"{e.size_bytes() / 1e6:.1f} MB"))
+    head = ("name", "model", "data", "headline (aezoo eval on the test split)", "size")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
+    for r in [head, *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[4])
+    print(f"\nA name works as a RUN: aezoo sample NAME --out samples.png, aezoo eval NAME (on a copy in "
+          f"./runs/zoo/NAME, the command that writes), aezoo.load('NAME') in Python. How each was made: "
+          f"{zoo.ROOT}/NAME/README.md")
+
+
+def _run_folder(run: str, writes: bool) -> Path:
+    """The folder a RUN argument names: a path, or a zoo entry (its copy in ./runs/zoo when the command
+    writes into the run folder; the package is never written to)."""
+    return zoo.resolve_writable(run) if writes else zoo.resolve(run)
 
 
 def _cmd_train(args) -> None:
@@ -64,14 +88,14 @@ def _say(line: str) -> None:
 def _cmd_train_prior(args) -> None:
     from .train_prior import train_prior
 
-    run = train_prior(args.run, args.prior, args.set, steps=args.steps, epochs=args.epochs)
+    run = train_prior(_run_folder(args.run, writes=True), args.prior, args.set, steps=args.steps, epochs=args.epochs)
     _say(f"trained prior: {run.path}")
 
 
 def _cmd_resume(args) -> None:
     from .train import resume
 
-    run = resume(args.run, epochs=args.epochs, steps=args.steps)
+    run = resume(_run_folder(args.run, writes=True), epochs=args.epochs, steps=args.steps)
     if run is None:
         print(f"{args.run}: already finished; `aezoo resume {args.run} --epochs N` (or --steps N) trains it further")
     else:
@@ -87,13 +111,14 @@ def _cmd_config(args) -> None:
 def _cmd_compare(args) -> None:
     from .compare import write_comparison
 
-    print(f"wrote {write_comparison(args.runs, args.out)}")
+    print(f"wrote {write_comparison([_run_folder(r, writes=False) for r in args.runs], args.out)}")
 
 
 def _cmd_eval(args) -> None:
     from .evaluation import evaluate
 
-    results = evaluate(args.run, args.split)
+    run = _run_folder(args.run, writes=True)
+    results = evaluate(run, args.split)
     notes = results.pop("notes", [])
     width = max(map(len, results))
     for key, value in results.items():
@@ -104,7 +129,7 @@ def _cmd_eval(args) -> None:
         print(f"{key:<{width}}  {value}")
     for note in notes:
         print(f"note: {note}")
-    print(f"wrote {Path(args.run) / 'eval.json'}")
+    print(f"wrote {run / 'eval.json'}")
 
 
 def _cmd_sample(args) -> None:
@@ -116,7 +141,7 @@ def _cmd_sample(args) -> None:
     from .plots import save_image_grid
     from .runfolder import load_run
 
-    model, _, cfg, run = load_run(args.run)
+    model, _, cfg, run = load_run(_run_folder(args.run, writes=args.out is None))
     if not isinstance(model, Generative):
         raise AezooError(f"{cfg.model_name} has no generative prior to sample from")
     torch.manual_seed(args.seed)
@@ -139,8 +164,9 @@ def _cmd_report(args) -> None:
     from .report import write_report
     from .visualise import write_plots
 
-    write_plots(args.run)
-    print(f"wrote {write_report(args.run)}")
+    run = _run_folder(args.run, writes=True)
+    write_plots(run)
+    print(f"wrote {write_report(run)}")
 
 
 # --- using the codes: encode, reconstruct, interpolate, compress, decompress (aezoo.embed, aezoo.compress) ---
@@ -165,7 +191,7 @@ def _cmd_encode(args) -> None:
     out = check_output(args.out)  # a wrong suffix is refused before any work
     if args.batch_size < 1:
         raise AezooError("--batch-size must be at least 1")
-    loaded = load_model(args.run)
+    loaded = load_model(_run_folder(args.run, writes=False))
     fields = encode_examples(loaded.model, _examples_of(args, loaded), args.batch_size)
     write_fields(fields, out)
     n = len(next(iter(fields.values())))
@@ -176,7 +202,7 @@ def _cmd_reconstruct(args) -> None:
     from .embed import file_examples, load_model, reconstruct_grid
     from .plots import save_image_grid
 
-    loaded = load_model(args.run)
+    loaded = load_model(_run_folder(args.run, writes=args.out is None))
     ex = file_examples(loaded, args.files)
     images, per_row = reconstruct_grid(loaded.model, ex.batch(0, len(ex.raw), loaded.model.device))
     out = Path(args.out) if args.out else loaded.path / "reconstructions_of_files.png"
@@ -189,7 +215,7 @@ def _cmd_interpolate(args) -> None:
     from .models.capabilities import CodeModel
     from .plots import save_image_grid
 
-    loaded = load_model(args.run)
+    loaded = load_model(_run_folder(args.run, writes=args.out is None))
     x = file_examples(loaded, [args.a, args.b]).batch(0, 2, loaded.model.device)
     strip = interpolation_strip(loaded.model, x[0], x[1], args.steps)
     out = Path(args.out) if args.out else loaded.path / "interpolation.png"
@@ -209,7 +235,7 @@ def _cmd_compress(args) -> None:
     out = Path(args.out)
     if not args.files and not args.data:
         raise AezooError("give image files to compress, or --data NAME [--split S] [--limit N] for a dataset")
-    loaded = load_model(args.run)
+    loaded = load_model(_run_folder(args.run, writes=False))
     ex = _examples_of(args, loaded)
     model = loaded.model
     images = torch.cat([ex.batch(i, 500, model.device) for i in range(-(-len(ex.raw) // 500))])
@@ -229,7 +255,7 @@ def _cmd_decompress(args) -> None:
     run = args.run or header.run
     if not run:
         raise AezooError(f"{args.file} names no run folder: give --run RUN")
-    loaded = load_model(run)
+    loaded = load_model(_run_folder(run, writes=False))
     result = decompress_bytes(data, loaded.model, args.file)
     names = [lv.name for lv in loaded.model.code_levels()]
     out = write_decompressed(result, args.out, names)
@@ -296,6 +322,8 @@ def parser() -> argparse.ArgumentParser:
     d = sub.add_parser("datasets", help="the datasets and where each is read from")
     d.add_argument("--dir", help="a data folder to look in")
     d.set_defaults(fn=_cmd_datasets)
+    sub.add_parser("zoo", help="the trained models shipped with aezoo, usable by name as a RUN").set_defaults(
+        fn=_cmd_zoo)
 
     cf = sub.add_parser("config", help="every config key of a model's run: default, allowed values, meaning")
     cf.add_argument("model")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import zoo
 from .config import RunConfig, from_dict, make_run_config
 from .errors import AezooError, unknown_name
 from .files import read_json
@@ -73,14 +74,15 @@ def build_from_config(name: str, model_cfg):
 
 
 def load(path: str | Path, device: str = "cpu"):
-    """A model from a folder holding config.json and model.safetensors (a run folder or `model.save`)."""
-    path = Path(path)
+    """A model from a folder holding config.json and model.safetensors (a run folder or `model.save`),
+    or a zoo entry's name (`aezoo zoo`)."""
+    path = zoo.resolve(path)
     if not path.is_dir():
         raise AezooError(f"{path}: not a run or model folder")
     name, tree = _read_config(path)
     model = build(name, **(tree.get(entry(name).section) or {}))
     model.load_weights_from(path / "model.safetensors")
-    return model.to(device).eval()
+    return model.to(device).for_inference()  # eval mode, parameters frozen
 
 
 def load_run_config(path: str | Path) -> RunConfig:

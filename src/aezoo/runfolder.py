@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import registry
+from . import registry, zoo
 from .config import RunConfig
 from .data import Dataset, load_dataset
 from .distributed import pick_device
@@ -173,8 +173,8 @@ def train_throughput(records: list[dict]) -> dict:
 # --- loading ------------------------------------------------------------------------------------
 def load_run(path: str | Path, split: str | None = None, device: str | None = None):
     """(model, dataset, cfg, run) of a finished or checkpointed run, on the configured device; the
-    evaluated split cut to `eval.limit` examples."""
-    run = RunFolder(Path(path))
+    evaluated split cut to `eval.limit` examples. A zoo entry's name loads its writable copy (`zoo.copy`)."""
+    run = RunFolder(zoo.resolve_writable(path))
     run.require()
     cfg: RunConfig = registry.load_run_config(run.path)
     if split:
