@@ -62,7 +62,7 @@ class Entry:
 
 def names() -> list[str]:
     """The entries' names, sorted."""
-    return sorted(p.name for p in ROOT.iterdir() if (p / "zoo.json").is_file())
+    return sorted(p.name for p in ROOT.iterdir() if NAME.fullmatch(p.name) and (p / "zoo.json").is_file())
 
 
 def entries() -> list[Entry]:
