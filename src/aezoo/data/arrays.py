@@ -13,6 +13,14 @@ member of a .npz, which is a zip of .npy files) is read header first: an array o
 pickle) is refused without being loaded, and so is a shape that declares more bytes than the file (or
 member) holds, before anything is allocated; the data are then read in chunks, so memory follows the
 bytes that are really there. Loading never executes code.
+
+Data larger than memory (`data.memmap`): a .npy file, and each uncompressed member of a .npz (np.savez
+stores them so), holding uint8 or float32 in C order is memory-mapped instead of read, after the same
+header checks, when it holds MEMMAP_AUTO_BYTES or more (`auto`) or always (`on`). The mapping is
+copy-on-write, so nothing ever writes to the user's file; the operating system reads the pages a batch
+gathers and drops them again under memory pressure. uint8 pixels stay uint8 on disk and are scaled per
+batch (`base.prepare`), float32 stays float32; other types (float64, integers), Fortran order, .csv,
+.parquet and compressed members are read into memory (`on` refuses them with the reason).
 """
 
 from __future__ import annotations
@@ -31,6 +39,10 @@ from ..errors import AezooError
 from ..files import Chunked, Unreadable, read_at_most, reading
 from .base import SPLITS, Dataset, register_dataset
 
+MEMMAP_AUTO_BYTES = 256 << 20  # data.memmap=auto maps an array of this many bytes or more
+MAPPABLE = (np.dtype(np.uint8), np.dtype(np.float32))  # stored as training reads them: no conversion per batch
+CHECK_BYTES = 64 << 20  # arrays are checked for NaN a chunk at a time, so a mapped array is never read whole
+
 
 def _check(array, path: Path, what: str, ndims: tuple[int, ...]) -> np.ndarray:
     if not isinstance(array, np.ndarray) or array.dtype.kind not in "uif":
@@ -41,10 +53,14 @@ def _check(array, path: Path, what: str, ndims: tuple[int, ...]) -> np.ndarray:
         )
     if array.size == 0:
         raise AezooError(f"{path}: {what} is empty (shape {array.shape})")
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise AezooError(f"{path}: {what} holds NaN or infinite values")
-    if array.dtype.kind == "f" and array.dtype.itemsize > 4 and np.abs(array).max() > np.finfo(np.float32).max:
-        raise AezooError(f"{path}: {what} holds values beyond the range of float32, in which it is trained")
+    if array.dtype.kind == "f":
+        rows = max(1, CHECK_BYTES // (array.nbytes // len(array) or 1))
+        for i in range(0, len(array), rows):
+            chunk = array[i : i + rows]
+            if not np.isfinite(chunk).all():
+                raise AezooError(f"{path}: {what} holds NaN or infinite values")
+            if array.dtype.itemsize > 4 and np.abs(chunk).max() > np.finfo(np.float32).max:
+                raise AezooError(f"{path}: {what} holds values beyond the range of float32, in which it is trained")
     return array
 
 
@@ -114,6 +130,18 @@ def read_npy(f, size: int, label: str) -> np.ndarray:
     dimensions and shapes declaring more bytes than follow the header are refused (Unreadable) before
     anything is allocated; the data are read in chunks (`read_at_most`), so a stream that holds fewer
     bytes than `size` claims costs only what it holds."""
+    shape, fortran, dtype = _npy_header(f, size, label)
+    count, declared = math.prod(shape), math.prod(shape) * dtype.itemsize
+    data = read_at_most(f, declared)
+    if len(data) < declared:
+        raise Unreadable(f"{label} ends after {len(data):,} of its {declared:,} bytes")
+    array = np.frombuffer(data, dtype, count) if count else np.empty(0, dtype)
+    return array.reshape(shape[::-1]).transpose() if fortran else array.reshape(shape)
+
+
+def _npy_header(f, size: int, label: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran order, dtype) of the .npy stream `f` of `size` bytes, left at the first byte of
+    the data; refuses (Unreadable) what `read_npy` refuses before it reads the data."""
     version = npy_format.read_magic(f)
     if version == (1, 0):  # numpy reads the length the header gives itself: Chunked, so a lie costs nothing
         shape, fortran, dtype = npy_format.read_array_header_1_0(Chunked(f))
@@ -132,11 +160,41 @@ def read_npy(f, size: int, label: str) -> np.ndarray:
             f"{label} declares shape {shape} of {dtype} ({declared:,} bytes) "
             f"but {max(there, 0):,} bytes follow its header"
         )
-    data = read_at_most(f, declared)
-    if len(data) < declared:
-        raise Unreadable(f"{label} ends after {len(data):,} of its {declared:,} bytes")
-    array = np.frombuffer(data, dtype, count) if count else np.empty(0, dtype)
-    return array.reshape(shape[::-1]).transpose() if fortran else array.reshape(shape)
+    return shape, fortran, dtype
+
+
+def _map_npy(path: Path, start: int, size: int, label: str, memmap: str) -> np.ndarray | None:
+    """The .npy data at byte `start` of `path` (`size` bytes from there), memory-mapped copy-on-write,
+    or None where `memmap` leaves it to be read (auto: under MEMMAP_AUTO_BYTES, or not mappable)."""
+    with open(path, "rb") as f:
+        f.seek(start)
+        shape, fortran, dtype = _npy_header(f, start + size, label)  # it counts from the file's start
+        offset = f.tell()
+    nbytes = math.prod(shape) * dtype.itemsize
+    if offset - start + nbytes != size:
+        raise Unreadable(f"{label} has bytes after its data")
+    why = (f"it holds {dtype}, not uint8 or float32" if dtype not in MAPPABLE or not dtype.isnative
+           else "it is stored in Fortran order" if fortran and len(shape) > 1
+           else "it is empty" if nbytes == 0 else None)
+    if memmap == "on" and why:
+        raise AezooError(f"{path}: data.memmap=on cannot map {label}: {why}")
+    if why or (memmap == "auto" and nbytes < MEMMAP_AUTO_BYTES):
+        return None
+    return np.memmap(path, dtype, mode="c", offset=offset, shape=shape)
+
+
+def _stored_member_start(path: Path, info: zipfile.ZipInfo) -> int | None:
+    """Where a .npz member's bytes begin in the file, if it is stored as they are (not compressed or
+    encrypted), else None: after its local header, whose name and extra field lengths are its own."""
+    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+        return None
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)
+    if len(local) < 30 or local[:4] != b"PK\x03\x04":
+        raise Unreadable(f"member {info.filename!r} has no local header at byte {info.header_offset:,}")
+    name_len, extra_len = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
+    return info.header_offset + 30 + name_len + extra_len
 
 
 def _npz_members(path: Path, zf: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
@@ -163,15 +221,21 @@ def _npz_array(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
     return array
 
 
-def read_array_file(path: Path, names: tuple[str, ...] = SPLITS) -> dict[str, np.ndarray] | np.ndarray:
+def read_array_file(path: Path, names: tuple[str, ...] = SPLITS,
+                    memmap: str = "off") -> dict[str, np.ndarray] | np.ndarray:
     """The contents of a .npy or .npz file (told apart by their first bytes, as numpy does): the array
-    of a .npy, or of a .npz with one array; a .npz holding all of `names` gives those arrays."""
+    of a .npy, or of a .npz with one array; a .npz holding all of `names` gives those arrays. With
+    `memmap` on or auto, arrays are memory-mapped (np.memmap) as the module docstring says."""
     with reading(path, "not a readable .npy/.npz array file"):
         with open(path, "rb") as f:
             head = f.read(6)
             if head == NPY_MAGIC:
+                size = os.fstat(f.fileno()).st_size
+                mapped = None if memmap == "off" else _map_npy(path, 0, size, "the array", memmap)
+                if mapped is not None:
+                    return mapped
                 f.seek(0)
-                array = read_npy(f, os.fstat(f.fileno()).st_size, "the array")
+                array = read_npy(f, size, "the array")
                 if f.read(1):
                     raise Unreadable("bytes follow the array's data")
                 return array
@@ -181,23 +245,41 @@ def read_array_file(path: Path, names: tuple[str, ...] = SPLITS) -> dict[str, np
         with zipfile.ZipFile(path) as zf:
             members = _npz_members(path, zf)
             if set(names) <= set(members):
-                return {s: _npz_array(zf, members[s]) for s in names}
+                return {s: _npz_member(path, zf, members[s], memmap) for s in names}
             if len(members) != 1:
                 raise AezooError(
                     f"{path}: expected arrays named {', '.join(names[:-1])} and {names[-1]}, "
                     f"or a single array; found {sorted(members)}"
                 )
-            return _npz_array(zf, next(iter(members.values())))
+            return _npz_member(path, zf, next(iter(members.values())), memmap)
 
 
-def read_splits(path: Path, ndims: tuple[int, ...], what: str = "the array") -> dict[str, np.ndarray]:
-    """train/val/test arrays from a .npy, .npz, .csv or .parquet file, each with one of `ndims` dimensions."""
+def _npz_member(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, memmap: str) -> np.ndarray:
+    """A .npz member's array: mapped where `memmap` and the member allow (see `_map_npy`), else read."""
+    label = f"array {info.filename.removesuffix('.npy')!r}"
+    if memmap != "off":
+        start = _stored_member_start(path, info)
+        if start is None and memmap == "on":
+            raise AezooError(f"{path}: data.memmap=on cannot map {label}: it is compressed (save with np.savez)")
+        mapped = None if start is None else _map_npy(path, start, info.file_size, label, memmap)
+        if mapped is not None:
+            return mapped
+    return _npz_array(zf, info)
+
+
+def read_splits(path: Path, ndims: tuple[int, ...], what: str = "the array",
+                memmap: str = "off") -> dict[str, np.ndarray | torch.Tensor]:
+    """train/val/test arrays from a .npy, .npz, .csv or .parquet file, each with one of `ndims` dimensions.
+    With `memmap` on or auto, large .npy/.npz arrays come mapped (np.memmap); a single mapped array is
+    split as one tensor, so that its train and validation splits are neighbouring views of one storage."""
     if not path.is_file():
         raise AezooError(f"data.file: no such file: {path}")
     if path.suffix in (".csv", ".parquet"):
+        if memmap == "on":
+            raise AezooError(f"{path}: data.memmap=on maps .npy and .npz files; a {path.suffix} file is read whole")
         array = _read_csv(path) if path.suffix == ".csv" else _read_parquet(path)
         return split_in_order(_check(array, path, what, ndims), path)
-    loaded = read_array_file(path)
+    loaded = read_array_file(path, memmap=memmap)
     if isinstance(loaded, dict):
         x = {s: _check(loaded[s], path, f"array '{s}'", ndims) for s in SPLITS}
         if len({v.shape[1:] for v in x.values()}) != 1:
@@ -206,10 +288,11 @@ def read_splits(path: Path, ndims: tuple[int, ...], what: str = "the array") -> 
                 + ", ".join(f"{s} {v.shape}" for s, v in x.items())
             )
         return x
-    return split_in_order(_check(loaded, path, what, ndims), path)
+    loaded = _check(loaded, path, what, ndims)
+    return split_in_order(torch.from_numpy(loaded) if isinstance(loaded, np.memmap) else loaded, path)
 
 
-def split_in_order(a: np.ndarray, path: Path) -> dict[str, np.ndarray]:
+def split_in_order(a: np.ndarray | torch.Tensor, path: Path) -> dict[str, np.ndarray | torch.Tensor]:
     """train / val / test: the first 80%, the next 10%, the last 10% (at least one example each)."""
     n = len(a)
     if n < 3:
@@ -230,10 +313,13 @@ def load_arrays(cfg: DataConfig) -> Dataset:
     if not cfg.file:
         raise AezooError("dataset arrays reads a .npy, .npz, .csv or .parquet file: set data.file=PATH")
     path = Path(cfg.file).expanduser()
-    splits = read_splits(path, (2, 3, 4))
-    ndim = next(iter(splits.values())).ndim
+    splits = read_splits(path, (2, 3, 4), memmap=cfg.memmap)
+    mapped = {k for k, v in splits.items() if isinstance(v, np.memmap | torch.Tensor)}  # uint8 or float32
+    pixels = str(next(iter(splits.values())).dtype) in ("uint8", "torch.uint8")
+    x = {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(
+        v if k in mapped else np.ascontiguousarray(v if pixels else v.astype(np.float32))) for k, v in splits.items()}
+    ndim = next(iter(x.values())).ndim
     if ndim == 3:  # N x H x W grey images
-        splits = {k: v[:, None] for k, v in splits.items()}
-    pixels = next(iter(splits.values())).dtype == np.uint8
-    x = {k: torch.from_numpy(np.ascontiguousarray(v if pixels else v.astype(np.float32))) for k, v in splits.items()}
-    return Dataset(name="arrays", x=x, scale=255.0 if pixels else 1.0, kind="vector" if ndim == 2 else "image")
+        x = {k: v[:, None] for k, v in x.items()}
+    return Dataset(name="arrays", x=x, scale=255.0 if pixels else 1.0, kind="vector" if ndim == 2 else "image",
+                   mapped=mapped)

@@ -1,13 +1,18 @@
-"""Datasets held in memory as tensors, and batching by index.
+"""Datasets as tensors, and batching by index.
 
 A `Dataset` keeps each split as one tensor (uint8 images stay uint8 until a batch is made), so a
 training step costs one gather, one conversion and, for dynamic binarisation, one Bernoulli draw:
 no per-example Python work. Every random choice is a function of (seed, epoch) or (seed, step), so a
 resumed run sees exactly the batches an uninterrupted one would.
+
+A split too large for memory is a tensor over a memory-mapped file (`data.memmap`; arrays.py, images.py):
+the same gather reads just the pages of the rows it takes, so each of several processes reads only its
+share of every batch. Such splits stay on the CPU, and `Batches` moves the rows it gathers to the device.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -24,10 +29,12 @@ EVAL_SEED = 12345
 
 @dataclass
 class Dataset:
-    """In-memory splits. `x[split]` is (N, C, H, W) for images, (N, T, D) for sequences or (N, D).
+    """The splits. `x[split]` is (N, C, H, W) for images, (N, T, D) for sequences or (N, D).
 
     `scale` maps stored values to [0, 1] (255 for uint8 pixels, 1 for floats); `labels` and
     `factors` (ground-truth generative factors, (N, F) integers) are present where the data has them.
+    `mapped` names the splits read from a memory-mapped file rather than held in memory; `device` is
+    where batches are made (`to`).
     """
 
     name: str
@@ -36,6 +43,8 @@ class Dataset:
     labels: dict[str, torch.Tensor] = field(default_factory=dict)
     factors: dict[str, torch.Tensor] = field(default_factory=dict)
     kind: str = "image"  # image | sequence | vector
+    mapped: set[str] = field(default_factory=set)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -48,8 +57,12 @@ class Dataset:
         return self.x[name]
 
     def to(self, device) -> Dataset:
+        """Moves the splits held in memory to `device`; mapped splits stay on the CPU (a GPU rarely
+        holds what host memory cannot), and their batches are moved as they are gathered."""
         move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
-        self.x, self.labels, self.factors = move(self.x), move(self.labels), move(self.factors)
+        self.labels, self.factors = move(self.labels), move(self.factors)
+        self.x = {k: v if k in self.mapped else v.to(device) for k, v in self.x.items()}
+        self.device = torch.device(device)
         return self
 
 
@@ -78,7 +91,8 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         raise unknown_name("dataset", cfg.name, DATASETS)
     ds = DATASETS[cfg.name].load(cfg)
     if cfg.train_split == "train+val":
-        ds.x["train"] = torch.cat([ds.x["train"], ds.x["val"]])
+        ds.x["train"] = _join(ds.x["train"], ds.x["val"], mapped=bool({"train", "val"} & ds.mapped))
+        ds.mapped = ds.mapped | ({"train"} if "val" in ds.mapped else set())
         for extra in (ds.labels, ds.factors):
             if "train" in extra and "val" in extra:
                 extra["train"] = torch.cat([extra["train"], extra["val"]])
@@ -89,6 +103,10 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     for k, v in ds.x.items():
         if len(v) == 0:
             raise AezooError(f"dataset {cfg.name}: split '{k}' is empty")
+    if ds.mapped and (cfg.pad_to or cfg.binarize == "static"):
+        what = "data.pad_to" if cfg.pad_to else "data.binarize=static"
+        raise AezooError(f"{what} rewrites every example in memory, which memory-mapped data (data.memmap) "
+                         "avoids: store the data padded or binarised, or set data.memmap=off")
     if cfg.pad_to:
         if ds.kind != "image":
             raise AezooError(f"data.pad_to applies to images; {cfg.name} holds {ds.kind}s")
@@ -107,7 +125,22 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     return ds
 
 
+def _join(a: torch.Tensor, b: torch.Tensor, mapped: bool) -> torch.Tensor:
+    """a's rows then b's: a view where b follows a in one storage (the splits of one mapped array file),
+    else a copy in memory, which mapped data cannot afford."""
+    if (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+            and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr() and a.dtype == b.dtype
+            and a.shape[1:] == b.shape[1:] and a.is_contiguous() and b.is_contiguous()
+            and a.storage_offset() + a.numel() == b.storage_offset()):
+        return a.as_strided((len(a) + len(b), *a.shape[1:]), a.stride(), a.storage_offset())
+    if mapped:
+        raise AezooError("data.train_split=train+val would copy the memory-mapped train and val splits into "
+                         "memory: store them as one array (split 80/10/10 in order) or set data.memmap=off")
+    return torch.cat([a, b])
+
+
 VALUE_KINDS = ("binary", "8bit", "unit", "real")
+SCAN_BYTES = 64 << 20  # value_kind reads the training split a chunk at a time: a mapped split is never read whole
 
 
 def value_kind(ds: Dataset, binarize: str) -> str:
@@ -121,10 +154,13 @@ def value_kind(ds: Dataset, binarize: str) -> str:
         return "binary"
     if x.dtype == torch.uint8 and ds.scale == 255.0:
         return "8bit"
-    lo, hi = float(x.min()) / ds.scale, float(x.max()) / ds.scale
-    if lo < 0 or hi > 1:
+    lo, hi, binary = math.inf, -math.inf, True
+    for c in x.split(max(1, SCAN_BYTES // (x[0].numel() * x.element_size()))):  # one pass
+        lo, hi = min(lo, float(c.min())), max(hi, float(c.max()))
+        binary = binary and bool(((c == 0) | (c == ds.scale)).all())
+    if lo / ds.scale < 0 or hi / ds.scale > 1:
         return "real"
-    return "binary" if bool(((x == 0) | (x == ds.scale)).all()) else "unit"
+    return "binary" if binary else "unit"
 
 
 def mix_seed(*parts: int) -> int:
@@ -180,6 +216,8 @@ class Batches:
         # index_select: the rows self.x[idx] gives, without advanced indexing's overhead (bench/speed_paths.py);
         # splits that render their images on demand (dSprites) are indexed as they define
         rows = self.x.index_select(0, idx) if isinstance(self.x, torch.Tensor) else self.x[idx]
+        if self.split in self.ds.mapped:  # gathered on the CPU from the file
+            rows = rows.to(self.ds.device)
         return prepare(rows, self.ds.scale, self.binarize, mix_seed(self.seed, step, 7), self.rank, self.world)
 
     def labels(self, step: int) -> torch.Tensor | None:
