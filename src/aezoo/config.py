@@ -112,11 +112,13 @@ class EvalConfig:
     probe_train: int = number(10_000, 0)  # training examples the feature probes (linear, k-NN) learn from (0: all)
     # papers: each metric as its paper defines it; dlib: disentanglement_lib's estimators (Locatello et al. 2019)
     metric_protocol: str = choice("papers", "dlib")
-    # fine-tune a classifier (encoder + softmax layer) from the trained encoder and from scratch (slow: off by default)
+    # fine-tune a classifier (encoder + softmax layer) from the trained encoder and from scratch, and fit logistic
+    # regression on the frozen codes of the whole training split (slow: off by default; evaluation/finetune.py)
     finetune: bool = False
     finetune_epochs: int = number(50, 1)  # most epochs of fine-tuning (early stopping on the validation split)
     finetune_patience: int = number(5, 1)  # epochs without a better validation error before fine-tuning stops
-    finetune_lr: float = number(1e-3, 0.0, 10.0, lo_open=True)  # Adam's learning rate for fine-tuning
+    finetune_lr: float = number(0.1, 0.0, 10.0, lo_open=True)  # plain SGD's learning rate (as the papers)
+    finetune_batch_size: int = number(20, 1)  # examples per SGD step of fine-tuning
 
 
 @dataclass
