@@ -36,6 +36,23 @@ KEYS: dict[str, Key] = {
                             "of training examples"),
     "probe_knn_acc": Key("fraction", "higher", "test accuracy of the 10 nearest training codes' majority label"),
     "probe_train_examples": Key("examples", "", "training examples the probes learned from"),
+    "finetune_test_error": Key("fraction", "lower", "test error of the classifier initialised from the trained "
+                               "encoder (softmax layer on top, every layer fine-tuned by SGD, best validation epoch)"),
+    "finetune_val_error": Key("fraction", "lower", "validation error of the fine-tuned classifier at its best epoch"),
+    "finetune_best_epoch": Key("epochs", "", "the fine-tuning epoch of lowest validation error, whose weights are "
+                               "tested"),
+    "finetune_epochs_run": Key("epochs", "", "fine-tuning epochs run before early stopping (or eval.finetune_epochs)"),
+    "scratch_test_error": Key("fraction", "lower", "test error of the same classifier trained alike from random "
+                              "weights: the baseline of finetune_test_error"),
+    "scratch_val_error": Key("fraction", "lower", "validation error of the from-scratch classifier at its best "
+                             "epoch"),
+    "scratch_best_epoch": Key("epochs", "", "the from-scratch training epoch of lowest validation error"),
+    "scratch_epochs_run": Key("epochs", "", "from-scratch training epochs run before early stopping"),
+    "logreg_test_error": Key("fraction", "lower", "test error of multinomial logistic regression on the frozen codes "
+                             "of the whole training split, L2 chosen on validation (Makhzani & Frey 2014, table 1)"),
+    "logreg_val_error": Key("fraction", "lower", "validation error of that logistic regression at the chosen L2"),
+    "logreg_l2": Key("", "", "the L2 weight logistic regression chose on the validation split"),
+    "logreg_train_examples": Key("examples", "", "training examples logistic regression learned from"),
     "denoise_psnr": Key("dB", "higher", "PSNR of the reconstructions of corrupted inputs against the clean ones"),
     "corrupted_psnr": Key("dB", "", "PSNR of the corrupted inputs themselves: what denoising starts from"),
     "mean_activation": Key("", "", "mean activation of the penalised units (the sparsity target is rho)"),

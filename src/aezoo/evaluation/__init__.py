@@ -10,6 +10,7 @@ model's declared capabilities and the kind of data:
     disentanglement   mig, betavae_score, factorvae_score, dci_*, sap  data rendered from a factor grid
     codes             codebook_usage, codebook_perplexity, bits_per_dim CodeModel (with its prior); priors
     sequences         rollout_mse, rollout_mse_baseline                SequenceModel
+    finetune          finetune_*, scratch_*, logreg_* test errors      FeatureEncoder, labelled data (eval.finetune)
 """
 
 from __future__ import annotations
@@ -20,7 +21,16 @@ import torch
 
 from ..files import write_json
 from ..runfolder import load_run, read_metrics, steps_done_and_planned, train_throughput
-from . import codes, disentanglement, features, likelihood, reconstruction, retrieval, sequences  # noqa: F401  (register)
+from . import (  # noqa: F401  (register)
+    codes,
+    disentanglement,
+    features,
+    finetune,
+    likelihood,
+    reconstruction,
+    retrieval,
+    sequences,
+)
 from .base import EVAL_SEED, EVALUATORS, EvalContext, evaluator
 
 __all__ = ["EVAL_SEED", "EVALUATORS", "EvalContext", "evaluate", "evaluator"]

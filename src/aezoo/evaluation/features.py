@@ -33,14 +33,14 @@ LINEAR_L2 = 1e-4
 MAX_TRAIN_NUMBERS = 2**27  # fewer training codes for very wide codes (flattened code maps): 512 MB at most
 
 
-def linear_probe_accuracy(train: torch.Tensor, train_y: torch.Tensor, test: torch.Tensor, test_y: torch.Tensor,
-                          iters: int = LINEAR_ITERS, l2: float = LINEAR_L2) -> float:
-    """Accuracy on (test, test_y) of softmax regression fitted to codes `train` (N, F) with integer
-    labels `train_y` (N,): mean cross-entropy + l2/2 ||W||^2 minimised by L-BFGS, on standardised codes."""
+def fit_linear_probe(train: torch.Tensor, train_y: torch.Tensor, classes: int, iters: int = LINEAR_ITERS,
+                     l2: float = LINEAR_L2):
+    """Softmax regression fitted to codes `train` (N, F) with integer labels `train_y` (N,) in
+    [0, classes): mean cross-entropy + l2/2 ||W||^2 minimised by L-BFGS, on codes standardised with the
+    training codes' statistics. Returns the classifier: codes (Q, F) -> predicted labels (Q,)."""
     mean, std = train.mean(0), train.std(0)
     std = torch.where(std > 1e-6, std, torch.ones_like(std))  # constant features (dead units) stay 0
-    a, b = (train - mean) / std, (test - mean) / std
-    classes = int(max(train_y.max(), test_y.max())) + 1
+    a = (train - mean) / std
     w = torch.zeros(a.shape[1], classes, device=a.device, requires_grad=True)
     bias = torch.zeros(classes, device=a.device, requires_grad=True)
     opt = torch.optim.LBFGS([w, bias], lr=1, max_iter=iters, history_size=20, line_search_fn="strong_wolfe",
@@ -54,8 +54,17 @@ def linear_probe_accuracy(train: torch.Tensor, train_y: torch.Tensor, test: torc
 
     with torch.enable_grad():
         opt.step(closure)
+    w, bias = w.detach(), bias.detach()
+    return lambda codes: (((codes - mean) / std) @ w + bias).argmax(1)
+
+
+def linear_probe_accuracy(train: torch.Tensor, train_y: torch.Tensor, test: torch.Tensor, test_y: torch.Tensor,
+                          iters: int = LINEAR_ITERS, l2: float = LINEAR_L2) -> float:
+    """Accuracy on (test, test_y) of the softmax regression `fit_linear_probe` fits to (train, train_y)."""
+    classes = int(max(train_y.max(), test_y.max())) + 1
+    predict = fit_linear_probe(train, train_y, classes, iters, l2)
     with torch.no_grad():
-        return float(((b @ w + bias).argmax(1) == test_y).float().mean())
+        return float((predict(test) == test_y).float().mean())
 
 
 def nearest(train: torch.Tensor, query: torch.Tensor, k: int = K_NEIGHBOURS, metric: str = "euclidean",

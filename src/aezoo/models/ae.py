@@ -25,6 +25,7 @@ from ..distributions import check_likelihood, default_likelihood
 from ..networks import ACTIVATIONS, BackboneConfig, Decoder, Encoder
 from ..registry import register
 from .base import Loss, Model
+from .capabilities import FeatureEncoder
 
 
 @dataclass
@@ -60,7 +61,7 @@ def reconstruction_error(out: torch.Tensor, x: torch.Tensor, kind: str) -> torch
 
 @register("ae", "autoencoder: deterministic code, MSE or Bernoulli reconstruction",
           tiny={"hidden": (32,), "channels": (4, 8), "latent_dim": 4})
-class AE(Model):
+class AE(Model, FeatureEncoder):
     config_class = AEConfig
 
     def __init__(self, config: AEConfig):
@@ -89,6 +90,11 @@ class AE(Model):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.code(x)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The code `encode` gives (k-sparse: its alpha * k largest units), flattened; gradients flow
+        through every encoder layer."""
+        return self.encode(x).flatten(1)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         out = self.decoder(z)

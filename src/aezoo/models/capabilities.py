@@ -8,6 +8,8 @@ attributes. A model opts into a capability by inheriting it and implementing its
   per unit, active units in eval.json); `posterior_moments(x)`, the Gaussian posterior's mean and
   standard deviation (`aezoo encode`).
 - `Denoising`: corrupts its input in training, `corrupt(x)` (denoising PSNR in eval.json).
+- `FeatureEncoder`: a deterministic feature map `features(x)` that gradients flow through, and `fresh()`, the
+  same network freshly initialised (supervised fine-tuning against training from scratch in eval.json).
 - `CodeModel`: latents are maps of discrete codes (VQ-VAE, VQ-VAE-2): `code_levels`, `codes`,
   `decoder_params`; stage 2 fits a prior over the codes (`aezoo train-prior`) that `sample` and
   bits/dim then use (codebook health and bits/dim in eval.json).
@@ -21,6 +23,7 @@ attributes. A model opts into a capability by inheriting it and implementing its
 from __future__ import annotations
 
 import abc
+import copy
 import hashlib
 import sys
 from dataclasses import dataclass
@@ -65,6 +68,21 @@ class Denoising(abc.ABC):
     @abc.abstractmethod
     def corrupt(self, x: torch.Tensor) -> torch.Tensor:
         """A corrupted copy x~ ~ M_D(x~ | x) of the batch x."""
+
+
+class FeatureEncoder(abc.ABC):
+    """A model whose encoder can initialise a classifier: the unsupervised pretraining of the regularised
+    autoencoders, judged as their papers judge it (`evaluation.finetune`)."""
+
+    @abc.abstractmethod
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The representation (B, F) of x, differentiable in x and in the encoder's parameters: what a
+        classifier is put on top of and fine-tuned through."""
+
+    def fresh(self):
+        """A new model of the same config with freshly initialised weights (from torch's generator),
+        sharing no tensor with this one, on the same device."""
+        return type(self)(copy.deepcopy(self.config)).to(self.device)
 
 
 class SequenceModel(abc.ABC):
