@@ -44,7 +44,7 @@ from torch import nn
 from ..config import number
 from ..errors import AezooError
 from ..registry import register
-from .priors import CodePrior, CodePriorConfig
+from .priors import CodePrior, CodePriorConfig, SamplerMap, conv_at
 
 
 def raster_shift(x: torch.Tensor) -> torch.Tensor:
@@ -182,6 +182,82 @@ class PixelSNAIL(nn.Module):
                 f = block(f, c)
             f = attention(f, shifted, position)
         return self.head(f)
+
+    def sampler(self, cond: torch.Tensor | None, n: int, h: int, w: int) -> _SNAILSteps:
+        return _SNAILSteps(self, cond, n, h, w)
+
+
+def _pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """A 1x1 convolution on (B, C) vectors."""
+    return F.linear(x, conv.weight[:, :, 0, 0], conv.bias)
+
+
+class _SNAILSteps:
+    """`PixelSNAIL`'s logits one position at a time, in raster order: `steps(codes, i, j)` -> (B, K), given
+    codes (B, H, W) known before (i, j) (what comes after is not read).
+
+    Every layer's features at a position depend on earlier positions only (module docstring), so those of
+    positions already sampled stay as they were: each layer's input is kept in a map, and at (i, j) only
+    (i, j) is computed, a causal convolution as one product over its window of the map (`conv_at`), an
+    attention block as one query against the keys and values of positions <= (i, j), kept as they come.
+    The conditioning stack (non-causal, but its input is known before sampling) runs once on the whole
+    map. Per map, H W positions are computed instead of (H W)^2."""
+
+    def __init__(self, net: PixelSNAIL, cond: torch.Tensor | None, n: int, h: int, w: int):
+        self.net, self.w = net, w
+        like = net.embed.weight
+        c, pad = net.embed.embedding_dim, max(net.input_down.kernel_size)
+        self.x = SamplerMap(n, c, h, w, pad, like)
+        rows = torch.linspace(-0.5, 0.5, h, device=like.device, dtype=like.dtype).view(h, 1).expand(h, w)
+        cols = torch.linspace(-0.5, 0.5, w, device=like.device, dtype=like.dtype).view(1, w).expand(h, w)
+        self.position = torch.stack([rows, cols])  # (2, H, W), as in forward_embedded
+        stack = net.cond_stack(cond) if net.cond_stack is not None else None
+        self.cond = [[None if b.cond is None else b.cond(stack) for b in blocks] for blocks in net.residual]
+        # per gated block, the maps its two convolutions read: ELU(input) and dropout(ELU(conv1))
+        self.maps = [[(SamplerMap(n, c, h, w, pad, like), SamplerMap(n, c, h, w, pad, like)) for _ in blocks]
+                     for blocks in net.residual]
+        self.keys = [like.new_zeros(n, a.attention.heads, h * w, a.attention.key.out_channels // a.attention.heads)
+                     for a in net.attention]
+        self.values = [like.new_zeros(n, a.attention.heads, h * w, a.attention.value.out_channels // a.attention.heads)
+                       for a in net.attention]
+
+    @staticmethod
+    def _causal(conv: CausalConv2d, m: SamplerMap, i: int, j: int) -> torch.Tensor:
+        left, _, top, _ = conv.padding_lrtb
+        kh, kw = conv.kernel_size
+        return conv_at(conv, m.window(i - top, j - left, kh, kw))
+
+    def __call__(self, codes: torch.Tensor, i: int, j: int) -> torch.Tensor:
+        net, n, t = self.net, len(codes), i * self.w + j
+        if t:
+            pi, pj = divmod(t - 1, self.w)
+            self.x.put(pi, pj, net.embed(codes[:, pi, pj]))
+            shifted = self.x.window(pi, pj, 1, 1)[:, :, 0, 0]  # raster_shift: the input one step back
+        else:
+            shifted = self.x.t.new_zeros(n, self.x.t.shape[1])
+        position = self.position[:, i, j].expand(n, 2)
+        # input_down on the map shifted down one row, input_right on it shifted right one column
+        f = self._causal(net.input_down, self.x, i - 1, j) + self._causal(net.input_right, self.x, i, j - 1)
+        for k, (blocks, attention) in enumerate(zip(net.residual, net.attention)):
+            for b, block in enumerate(blocks):
+                elu_in, elu_mid = self.maps[k][b]
+                elu_in.put(i, j, F.elu(f))
+                elu_mid.put(i, j, block.dropout(F.elu(self._causal(block.conv1, elu_in, i, j))))
+                g = self._causal(block.conv2, elu_mid, i, j)
+                if self.cond[k][b] is not None:
+                    g = g + self.cond[k][b][:, :, i, j]
+                a, gate = g.chunk(2, 1)
+                f = f + a * torch.sigmoid(gate)
+            att = attention.attention
+            heads = att.heads
+            kv_in = torch.cat([f, shifted, position], 1)
+            self.keys[k][:, :, t] = _pointwise(att.key, kv_in).view(n, heads, -1)
+            self.values[k][:, :, t] = _pointwise(att.value, kv_in).view(n, heads, -1)
+            q = _pointwise(att.query, torch.cat([f, position], 1)).view(n, heads, 1, -1)
+            out = F.scaled_dot_product_attention(q, self.keys[k][:, :, : t + 1], self.values[k][:, :, : t + 1])
+            a, gate = _pointwise(attention.out, F.elu(out.reshape(n, -1))).chunk(2, 1)
+            f = f + a * torch.sigmoid(gate)
+        return _pointwise(net.head[1], F.elu(f))
 
 
 @dataclass

@@ -89,7 +89,9 @@ class CodePrior(Trainable):
 
     def make_net(self, codebook_size: int, cond_channels: int) -> nn.Module:
         """A causal network over one level: (codes (B, H, W), cond (B, cond_channels, H, W) or None) ->
-        logits (B, codebook_size, H, W), position i depending only on codes before i in raster order."""
+        logits (B, codebook_size, H, W), position i depending only on codes before i in raster order.
+        Its `sampler(cond, n, H, W)` gives the same logits one position at a time for `sample`
+        (`SamplerMap`)."""
         raise NotImplementedError
 
     # --- codes in and out -----------------------------------------------------------------------
@@ -208,6 +210,11 @@ class CodePrior(Trainable):
     ) -> list[torch.Tensor]:
         """Code maps drawn ancestrally, level by level and position by position: list of (n, H, W).
 
+        Each position's logits come from the level network's `sampler`, which computes only what that
+        position adds to the positions before it (the features of earlier positions are kept), instead
+        of the whole map once per position: the logits of the full forward pass at that position, up to
+        float rounding, and the same draws from the same random numbers.
+
         The logits are divided by `temperature` (< 1: sharper, towards the most likely codes). `given`
         fixes the first levels (e.g. VQ-VAE-2's top codes of an image) and only the rest are drawn.
         A class-conditional prior without labels draws the classes in turn (0, 1, ..., 0, 1, ...)."""
@@ -227,11 +234,43 @@ class CodePrior(Trainable):
             _, h, w = self.level_shapes[level]
             c = torch.zeros(n, h, w, dtype=torch.long, device=device)
             codes.append(c)
+            logits_at = self.nets[level].sampler(self.condition(level, codes, labels), n, h, w)
             for i in range(h):
                 for j in range(w):
-                    logits = self.level_logits(level, codes, labels)[:, :, i, j].float() / temperature
+                    logits = logits_at(c, i, j).float() / temperature
                     c[:, i, j] = torch.multinomial(F.softmax(logits, 1), 1).squeeze(1)
         return codes
+
+
+# --- sampling one position at a time ---------------------------------------------------------------
+class SamplerMap:
+    """A feature map (B, C, H, W) filled position by position during sampling, zero-padded by `pad` above,
+    left and right: the zeros a convolution's own padding would read. A causal convolution at (i, j) is
+    then one matrix product over the window its kernel covers (`conv_at`), the features of earlier
+    positions read from here instead of computed again."""
+
+    def __init__(self, n: int, channels: int, h: int, w: int, pad: int, like: torch.Tensor):
+        self.pad = pad
+        self.t = like.new_zeros(n, channels, h + pad, w + 2 * pad)
+
+    def put(self, i: int, j: int, value: torch.Tensor) -> None:
+        """value (B, C) at (i, j)."""
+        self.t[:, :, i + self.pad, j + self.pad] = value
+
+    def put_row(self, i: int, value: torch.Tensor) -> None:
+        """value (B, C, W) as row i."""
+        self.t[:, :, i + self.pad, self.pad : self.t.shape[-1] - self.pad] = value
+
+    def window(self, top: int, left: int, kh: int, kw: int) -> torch.Tensor:
+        """Rows top..top+kh-1 and columns left..left+kw-1 (negative or past the right edge: zeros)."""
+        p = self.pad
+        return self.t[:, :, top + p : top + p + kh, left + p : left + p + kw]
+
+
+def conv_at(conv: nn.Conv2d, window: torch.Tensor) -> torch.Tensor:
+    """`conv` (no padding, stride 1) at the one output position whose input is `window` (B, C_in, kh, kw)
+    -> (B, C_out): the convolution's sum as one matrix product."""
+    return F.linear(window.reshape(len(window), -1), conv.weight.view(conv.out_channels, -1), conv.bias)
 
 
 # --- gated PixelCNN --------------------------------------------------------------------------------
@@ -292,6 +331,64 @@ class GatedPixelCNN(nn.Module):
         for layer in self.layers:
             v, h = layer(v, h, cond)
         return self.head(h)
+
+    def sampler(self, cond: torch.Tensor | None, n: int, h: int, w: int) -> _GatedSteps:
+        return _GatedSteps(self, cond, n, h, w)
+
+
+class _GatedSteps:
+    """`GatedPixelCNN`'s logits one position at a time, in raster order: `steps(codes, i, j)` -> (B, K),
+    given codes (B, H, W) known before (i, j) (what comes after is not read).
+
+    The vertical stack of row i-1 depends on rows <= i-1 alone, and the horizontal stack at (i, j) reads
+    it only through the row above (`GatedLayer`): so at the start of row i each layer's vertical stack
+    is computed on row i-1 (from the r rows above it, kept), and at each (i, j) only the horizontal stack
+    at (i, j), from its own row's columns j-r..j (kept) and that row's vertical term. Per map, the
+    convolutions run on W + H W positions instead of (H W)^2."""
+
+    def __init__(self, net: GatedPixelCNN, cond: torch.Tensor | None, n: int, h: int, w: int):
+        self.net, self.w = net, w
+        p, r = net.embed.embedding_dim, net.layers[0].k // 2
+        like = net.embed.weight
+        self.x = SamplerMap(n, p, h, w, r + 1, like)  # embedded codes; v and h of every layer below
+        self.v = [SamplerMap(n, p, h, w, r + 1, like) for _ in net.layers]
+        self.h = [SamplerMap(n, p, h, w, r + 1, like) for _ in net.layers]
+        self.cond = [None if layer.cond is None else layer.cond(cond).chunk(2, 1) for layer in net.layers]
+        # v_to_h of the row above; above row 0 the padding's zeros, where v_to_h gives its bias
+        self.down = [layer.v_to_h.bias.view(1, -1, 1).expand(n, -1, w) for layer in net.layers]
+
+    def _vertical_row(self, i: int) -> None:
+        """Every layer's vertical stack on row i (its input rows <= i are all known)."""
+        below = self.x
+        for k, layer in enumerate(self.net.layers):
+            r = layer.k // 2
+            v_pre = F.conv2d(below.window(i - r, -r, r + 1, self.w + 2 * r), layer.v_conv.weight, layer.v_conv.bias)
+            self.down[k] = layer.v_to_h(v_pre)[:, :, 0]
+            if self.cond[k] is not None:
+                v_pre = v_pre + self.cond[k][0][:, :, i : i + 1]
+            self.v[k].put_row(i, _gate(v_pre)[:, :, 0])
+            below = self.v[k]
+
+    def __call__(self, codes: torch.Tensor, i: int, j: int) -> torch.Tensor:
+        if (i, j) != (0, 0):
+            pi, pj = (i, j - 1) if j else (i - 1, self.w - 1)
+            self.x.put(pi, pj, self.net.embed(codes[:, pi, pj]))
+            if j == 0:
+                self._vertical_row(i - 1)
+        h, below = None, self.x
+        for k, layer in enumerate(self.net.layers):
+            r = layer.k // 2
+            shift = 1 if layer.first else 0  # the first layer's horizontal input is shifted right one column
+            h_pre = conv_at(layer.h_conv, below.window(i, j - shift - r, 1, r + 1)) + self.down[k][:, :, j]
+            if self.cond[k] is not None:
+                h_pre = h_pre + self.cond[k][1][:, :, i, j]
+            h_new = F.linear(_gate(h_pre), layer.h_out.weight[:, :, 0, 0], layer.h_out.bias)
+            h = h_new if layer.first else h + h_new
+            self.h[k].put(i, j, h)
+            below = self.h[k]
+        _, hidden, _, logits = self.net.head
+        return F.linear(F.relu(F.linear(F.relu(h), hidden.weight[:, :, 0, 0], hidden.bias)),
+                        logits.weight[:, :, 0, 0], logits.bias)
 
 
 @dataclass
