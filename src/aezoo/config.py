@@ -21,14 +21,47 @@ from pathlib import Path
 from .errors import AezooError, unknown_name
 
 
-def choice(default, *options):
-    """A field whose value must be one of `options` (the default included)."""
-    return field(default=default, metadata={"choices": (default, *options)})
+def choice(default, *options, when: str | None = None):
+    """A field whose value must be one of `options` (the default included); `when`: see `used_when`."""
+    return field(default=default, metadata={"choices": (default, *options), **_when(when)})
 
 
-def number(default, lo=None, hi=None, *, lo_open=False, hi_open=False):
-    """A numeric field within [lo, hi] (or an open end where asked); None means unbounded."""
-    return field(default=default, metadata={"range": (lo, hi, lo_open, hi_open)})
+def number(default, lo=None, hi=None, *, lo_open=False, hi_open=False, when: str | None = None):
+    """A numeric field within [lo, hi] (or an open end where asked); None means unbounded. `when`: see
+    `used_when`."""
+    return field(default=default, metadata={"range": (lo, hi, lo_open, hi_open), **_when(when)})
+
+
+def used_when(default, when: str):
+    """A field that matters only under a setting of its section, `when`: "key=a|b" (key is one of a, b) or
+    "key!=a", several joined by "; " (all must hold), values as config.json writes them (true, false).
+    The report leaves a key out when it does not hold, and `aezoo config` says when each is used."""
+    return field(default=default, metadata=_when(when))
+
+
+def _when(when: str | None) -> dict:
+    if when is None:
+        return {}
+    for condition in when.split("; "):
+        if not re.fullmatch(r"\w+!?=[\w.|-]+", condition):
+            raise ValueError(f"a 'when' condition is key=a|b or key!=a, got {condition!r}")  # a config class bug
+    return {"when": when}
+
+
+def _text(value) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def is_used(f: dataclasses.Field, section: dict) -> bool:
+    """Whether field `f` matters given the values of its section (`section`: name -> value, as config.json
+    holds them); a field without a `when` always does, and so does one whose condition names a missing key."""
+    for condition in f.metadata.get("when", "").split("; ") if "when" in f.metadata else ():
+        key, op, values = re.fullmatch(r"(\w+)(!?=)(.+)", condition).groups()
+        if key not in section:
+            continue
+        if (_text(section[key]) in values.split("|")) != (op == "="):
+            return False
+    return True
 
 
 @dataclass
@@ -66,14 +99,14 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = number(10, 1)  # passes over the training split (unless train.steps is set)
+    epochs: int = number(10, 1, when="steps=0")  # passes over the training split (unless train.steps is set)
     steps: int = number(0, 0)  # when > 0, train for this many steps instead of epochs
     batch_size: int = number(100, 1)  # examples per step, over all processes
     optimizer: str = choice("adam", "adamw", "sgd", "adagrad")  # torch's Adam, AdamW, SGD with momentum or Adagrad
     lr: float = number(1e-3, 0.0, 10.0, lo_open=True)  # learning rate (scaled by train.schedule)
-    betas: tuple[float, float] = (0.9, 0.999)  # Adam's moment decays
-    eps: float = number(1e-8, 0.0, 1.0, lo_open=True)  # Adam's and Adagrad's epsilon
-    momentum: float = number(0.9, 0.0, 1.0)  # SGD's momentum
+    betas: tuple[float, float] = used_when((0.9, 0.999), "optimizer=adam|adamw")  # Adam's moment decays
+    eps: float = number(1e-8, 0.0, 1.0, lo_open=True, when="optimizer!=sgd")  # Adam's and Adagrad's epsilon
+    momentum: float = number(0.9, 0.0, 1.0, when="optimizer=sgd")  # SGD's momentum
     weight_decay: float = number(0.0, 0.0)  # L2 penalty (decoupled for adamw)
     # burda2015: stage i lasts 3^i epochs at lr * 10^(-i/7) (Burda et al. 2016, sec. 5)
     schedule: str = choice("constant", "cosine", "linear", "burda2015")
@@ -85,7 +118,7 @@ class TrainConfig:
     checkpoint_every: int = number(1000, 1)  # steps between checkpoints (one is also written at the end)
     val_every: int = number(0, 0)  # steps between validation passes (0: once an epoch)
     progress: bool = True  # show progress on stderr (a bar on a terminal, periodic lines otherwise)
-    # jsonl: metrics.jsonl only; tensorboard: also TensorBoard event files in RUN/tensorboard (pip install aezoo[tensorboard])
+    # jsonl: metrics.jsonl only; tensorboard: also TensorBoard event files in RUN/tensorboard (aezoo[tensorboard])
     log: str = choice("jsonl", "tensorboard")
     # Mixed precision: autocast to bf16, or fp16 with a gradient scaler (GPU); fp32 is exact resume's home.
     precision: str = choice("fp32", "bf16", "fp16")

@@ -100,39 +100,45 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .config import choice, number
+from .config import choice, number, used_when
 from .errors import AezooError
+
+# When a quantiser's settings are used (`config.used_when`); the rest are ignored.
+_EMA = "quantizer=vq|rvq; codebook_update=ema"
+_GUMBEL = "quantizer=gumbel"
 
 
 @dataclass
 class QuantizerConfig:
     """The quantiser's settings; a VQ model's config inherits them (one set for all its quantisers).
-    Settings a quantiser has no use for are ignored, those that cannot work refused (`check_quantizer`)."""
+    Settings a quantiser has no use for are ignored (each says when it is used), those that cannot work
+    refused (`check_quantizer`)."""
 
     # how encoder outputs become codes (aezoo.quantize): vq, the nearest of K learned codes; fsq, each dimension
     # rounded to its fsq_levels; rvq, rvq_depth codebooks on successive residuals; gumbel, Gumbel-softmax over K codes
     quantizer: str = choice("vq", "fsq", "rvq", "gumbel")
-    codebook_size: int = number(512, 2)  # K (vq, gumbel; each stage of rvq); fsq: prod(fsq_levels), this is ignored
+    codebook_size: int = number(512, 2, when="quantizer!=fsq")  # K (each stage of rvq); fsq's is prod(fsq_levels)
     code_dim: int = number(64, 1)  # D; fsq: must equal len(fsq_levels)
-    beta: float = number(0.25, 0.0)  # weight of the commitment term (vq, rvq)
-    # how the codebook learns: moving averages of the encoder outputs, or gradient (vq, rvq; gumbel: always gradient)
-    codebook_update: str = choice("ema", "gradient")
-    ema_decay: float = number(0.99, 0.0, 1.0, hi_open=True)  # gamma of the codebook's moving averages
-    ema_epsilon: float = number(1e-5, 0.0, lo_open=True)  # Laplace smoothing of the counts N_i
-    restart_after: int = number(50, 0)  # restart a code unused for this many training steps (0: never; vq, rvq)
-    kmeans_iters: int = number(0, 0)  # k-means iterations on the first batch's encoder outputs (0: off; vq, rvq)
-    fsq_levels: tuple[int, ...] = (8, 5, 5, 5)  # fsq: levels L_d of each dimension, K = prod L_d (the default: 1000)
-    rvq_depth: int = number(2, 1)  # rvq: codebooks quantising successive residuals (code levels per spatial level)
-    rvq_dropout: bool = False  # rvq: train each step with the first n_q ~ U{1..depth} codebooks only
-    gumbel_tau_start: float = number(1.0, 0.0, lo_open=True)  # gumbel: temperature at step 0
-    gumbel_tau_end: float = number(1 / 16, 0.0, lo_open=True)  # gumbel: temperature after the annealing (DALL-E's)
-    gumbel_anneal_steps: int = number(5000, 0)  # gumbel: steps from tau_start to tau_end (0: tau_end throughout)
-    gumbel_anneal: str = choice("exponential", "linear")  # gumbel: the temperature's decay between the two
-    gumbel_kl_weight: float = number(1.0, 0.0)  # gumbel: weight of KL(q(code | x) || uniform), per position
+    beta: float = number(0.25, 0.0, when="quantizer=vq|rvq")  # weight of the commitment term
+    # how the codebook learns: moving averages of the encoder outputs, or gradient (gumbel: always gradient)
+    codebook_update: str = choice("ema", "gradient", when="quantizer=vq|rvq")
+    ema_decay: float = number(0.99, 0.0, 1.0, hi_open=True, when=_EMA)  # gamma of the codebook's moving averages
+    ema_epsilon: float = number(1e-5, 0.0, lo_open=True, when=_EMA)  # Laplace smoothing of the counts N_i
+    restart_after: int = number(50, 0, when="quantizer=vq|rvq")  # restart a code unused this many steps (0: never)
+    kmeans_iters: int = number(0, 0, when="quantizer=vq|rvq")  # k-means iterations on the first batch (0: off)
+    # levels L_d of each dimension, K = prod L_d (the default: 1000)
+    fsq_levels: tuple[int, ...] = used_when((8, 5, 5, 5), "quantizer=fsq")
+    rvq_depth: int = number(2, 1, when="quantizer=rvq")  # codebooks on successive residuals (levels per spatial level)
+    rvq_dropout: bool = used_when(False, "quantizer=rvq")  # train each step with the first n_q ~ U{1..depth} only
+    gumbel_tau_start: float = number(1.0, 0.0, lo_open=True, when=_GUMBEL)  # temperature at step 0
+    gumbel_tau_end: float = number(1 / 16, 0.0, lo_open=True, when=_GUMBEL)  # after the annealing (DALL-E's)
+    gumbel_anneal_steps: int = number(5000, 0, when=_GUMBEL)  # steps from tau_start to tau_end (0: tau_end throughout)
+    gumbel_anneal: str = choice("exponential", "linear", when=_GUMBEL)  # the temperature's decay between the two
+    gumbel_kl_weight: float = number(1.0, 0.0, when=_GUMBEL)  # weight of KL(q(code | x) || uniform), per position
 
     def check_quantizer(self) -> None:
         """Refuses settings the chosen quantiser cannot honour (AezooError); the ones it does not use are
-        ignored (the comments above say which apply where)."""
+        ignored (their `when` says which apply where)."""
         q = self.quantizer
         if q == "fsq":
             if not self.fsq_levels or min(self.fsq_levels) < 2:
