@@ -1,0 +1,144 @@
+"""beta-VAE on dSprites in Higgins et al. (2017)'s own setting: every disentanglement score against steps.
+
+Trains configs/beta_vae_higgins2017.toml (fully connected 1200-1200 ReLU encoder, 1200-1200-1200 tanh
+decoder, 10 latent units, Bernoulli, Adagrad 1e-2, batch 64) with beta = 4 and beta = 1, and at each
+point of --points evaluates the run with `aezoo eval` (the beta-VAE metric, FactorVAE metric, MIG, DCI,
+SAP, reconstruction, KL per unit), so each score gets a curve against steps. Their anchor on the
+beta-VAE metric: 99.23% for beta = 4 and 61.58% for beta = 1 (sec. 4.2).
+
+Each (beta, seed) run lives in OUT/beta<b>_s<seed>; the scores measured so far are kept in its
+bench_curve.json, and training continues from the run's last checkpoint, so a budget of hours is made
+of pieces, one process per run, each on one core:
+
+    OMP_NUM_THREADS=1 nohup .venv/bin/python bench/beta_vae_higgins.py --beta 4 --seed 0 --steps 100000 \
+        --out /work/longruns/higgins &
+    .venv/bin/python bench/beta_vae_higgins.py --collect --out /work/longruns/higgins   # the JSON and the plot
+
+A later call with a larger --steps continues each run where it stopped (the config's lr is constant, so
+the pieces make the run one call would).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from aezoo.config import make_run_config, merge, parse_overrides, read_config_file
+from aezoo.evaluation import evaluate
+from aezoo.registry import entry
+from aezoo.runfolder import read_metrics
+from aezoo.train import resume, train
+from common import write_result
+
+ROOT = Path(__file__).parents[1]
+CONFIG = ROOT / "configs" / "beta_vae_higgins2017.toml"
+SCORES = ("betavae_score", "factorvae_score", "mig", "dci_disentanglement", "dci_completeness", "sap",
+          "modularity", "explicitness")
+OTHER = ("recon_bce", "neg_elbo", "active_units", "kl_per_dim")
+ANCHORS = {"4": 0.9923, "1": 0.6158}  # Higgins et al. 2017, sec. 4.2: the beta-VAE metric on dSprites
+
+
+def train_to(run: Path, steps: int, beta: float, seed: int, metric_samples: int) -> float:
+    """Trains (or continues) the run to `steps` in all; returns the wall time this call trained."""
+    started = time.perf_counter()
+    if (run / "config.json").exists():
+        resume(run, steps=steps)
+    else:
+        tree = read_config_file(CONFIG)
+        tree.pop("model_name")
+        overrides = parse_overrides([f"train.steps={steps}", f"train.seed={seed}", f"model.beta={beta}",
+                                     f"eval.metric_samples={metric_samples}", "train.progress=false"])
+        train(make_run_config("beta_vae", entry("beta_vae").config_class, merge(tree, overrides)), run)
+    return time.perf_counter() - started
+
+
+def run_curve(out: Path, beta: float, seed: int, budget: int, points: list[int], metric_samples: int) -> None:
+    run = out / f"beta{beta:g}_s{seed}"
+    progress = run / "bench_curve.json"
+    curve = json.loads(progress.read_text()) if progress.exists() else []
+    for steps in sorted({p for p in points if p < budget} | {budget}):
+        if any(c["step"] == steps for c in curve):
+            continue
+        train_s = train_to(run, steps, beta, seed, metric_samples)
+        started = time.perf_counter()
+        ev = evaluate(run)
+        point = {"step": steps, "train_wall_s": round(train_s, 1), "eval_wall_s": round(time.perf_counter() - started, 1),
+                 **{k: ev[k] for k in (*SCORES, *OTHER) if k in ev}}
+        curve.append(point)
+        progress.write_text(json.dumps(curve))
+        print(json.dumps({k: v for k, v in point.items() if k != "kl_per_dim"}), flush=True)
+
+
+def pieces(run: Path) -> list[dict]:
+    """The pieces the run was trained in: where the step counter restarted its clock (a resume)."""
+    out, last_time = [], None
+    for r in read_metrics(run / "metrics.jsonl"):
+        if r.get("split") != "train":
+            continue
+        if last_time is None or r["time_s"] < last_time:
+            out.append({"from_step": out[-1]["to_step"] if out else 0, "to_step": r["step"], "wall_s": 0.0})
+        out[-1]["to_step"], out[-1]["wall_s"], last_time = r["step"], round(r["time_s"], 1), r["time_s"]
+    return out
+
+
+def collect(out: Path) -> None:
+    runs = {}
+    for run in sorted(out.glob("beta*_s*")):
+        progress = run / "bench_curve.json"
+        if progress.exists():
+            runs[run.name] = {"curve": json.loads(progress.read_text()), "pieces": pieces(run)}
+    if not runs:
+        raise SystemExit(f"no runs with a curve under {out}")
+    fig, axes = plt.subplots(2, 4, figsize=(16, 7), constrained_layout=True)
+    for ax, key in zip(axes.flat, SCORES):
+        for name, r in runs.items():
+            pts = [(c["step"], c[key]) for c in r["curve"] if key in c]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=name)
+        if key == "betavae_score":
+            for beta, anchor in ANCHORS.items():
+                ax.axhline(anchor, ls="--", lw=0.8, color="grey")
+                ax.annotate(f"paper, beta={beta}", (1, anchor), xycoords=("axes fraction", "data"), ha="right",
+                            va="bottom", fontsize=8, color="grey")
+        ax.set(xscale="log", xlabel="training steps (batch 64)", title=key)
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=8)
+    fig.savefig(ROOT / "bench" / "beta_vae_higgins_curves.png", dpi=80)
+    last = {name: r["curve"][-1] for name, r in runs.items()}
+    write_result(__file__, {
+        "config": "configs/beta_vae_higgins2017.toml",
+        "anchors_betavae_score": {"beta4": ANCHORS["4"], "beta1": ANCHORS["1"],
+                                  "source": "Higgins et al. 2017, sec. 4.2 (dSprites)"},
+        "last_point": {name: {k: v for k, v in c.items() if k != "kl_per_dim"} for name, c in last.items()},
+        "runs": runs,
+    })
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--beta", type=float, default=4.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=100_000, help="the run's budget in all (a later call may raise it)")
+    p.add_argument("--points", default="1000,3000,10000,30000,100000,300000", help="steps at which to evaluate")
+    p.add_argument("--metric-samples", type=int, default=50_000, help="images from the factor grid per metric")
+    p.add_argument("--collect", action="store_true", help="write bench/beta_vae_higgins.json and the plot")
+    p.add_argument("--out", required=True, help="folder of the runs (kept: runs continue where they stopped)")
+    args = p.parse_args()
+    out = Path(args.out)
+    if args.collect:
+        collect(out)
+    else:
+        points = [int(s) for s in args.points.split(",")]
+        run_curve(out, args.beta, args.seed, args.steps, points, args.metric_samples)
+
+
+if __name__ == "__main__":
+    main()
