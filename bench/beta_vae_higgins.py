@@ -31,6 +31,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+
 from aezoo.config import make_run_config, merge, parse_overrides, read_config_file
 from aezoo.evaluation import evaluate
 from aezoo.registry import entry
@@ -70,7 +71,8 @@ def run_curve(out: Path, beta: float, seed: int, budget: int, points: list[int],
         train_s = train_to(run, steps, beta, seed, metric_samples)
         started = time.perf_counter()
         ev = evaluate(run)
-        point = {"step": steps, "train_wall_s": round(train_s, 1), "eval_wall_s": round(time.perf_counter() - started, 1),
+        eval_s = time.perf_counter() - started
+        point = {"step": steps, "train_wall_s": round(train_s, 1), "eval_wall_s": round(eval_s, 1),
                  **{k: ev[k] for k in (*SCORES, *OTHER) if k in ev}}
         curve.append(point)
         progress.write_text(json.dumps(curve))
