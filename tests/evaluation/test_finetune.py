@@ -11,8 +11,9 @@ import aezoo
 from aezoo.config import make_run_config
 from aezoo.data import Batches, Dataset
 from aezoo.errors import AezooError
+from aezoo.evaluation import finetune as ft
 from aezoo.evaluation.base import EvalContext
-from aezoo.evaluation.finetune import EarlyStopping, classifier, finetune, finetune_and_scratch
+from aezoo.evaluation.finetune import EarlyStopping, classifier, finetune, finetune_and_scratch, fit_classifier
 from aezoo.glossary import KEYS
 from aezoo.registry import entry
 from conftest import run_cli
@@ -87,6 +88,24 @@ def test_early_stopping_keeps_the_best_epoch():
     assert stopped == 6  # epochs 5 and 6 did not beat epoch 4 (a tie is no improvement)
     assert stop.best_epoch == 4 and stop.best_error == 0.2
     assert float(stop.best_state["weight"]) == 4.0  # that epoch's weights, not the last ones
+
+
+def test_fit_classifier_returns_the_best_validation_epochs_weights(monkeypatch):
+    ds = dataset()
+    net = classifier(aezoo.build("ae", data_shape=(12,), hidden=(), latent_dim=8), ds.x["train"], 3, seed=0)
+    scripted, seen = iter([0.5, 0.2, 0.4, 0.3, 0.1]), []
+
+    def scripted_error(net, batches):  # the validation errors of a constructed run, and each epoch's weights
+        seen.append({k: v.clone() for k, v in net.state_dict().items()})
+        return next(scripted)
+
+    monkeypatch.setattr(ft, "error_rate", scripted_error)
+    out = fit_classifier(net, Batches(ds, "train", 10, seed=0), Batches(ds, "val", 30, shuffle=False), epochs=5,
+                         patience=2, lr=0.5)
+    assert out == {"val_error": 0.2, "best_epoch": 2, "epochs_run": 4}  # epochs 3 and 4 did not beat 0.2
+    assert len(seen) == 4 and not torch.equal(seen[1]["out.weight"], seen[3]["out.weight"])
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, seen[1][k]), k  # epoch 2's weights, not the last epoch's
 
 
 def context(name: str, **eval_keys) -> EvalContext:
