@@ -2,13 +2,15 @@
 
 Their eval.json numbers in one table (the best of each key marked where the glossary says which
 direction is better), their loss curves overlaid (one panel per term they share, one line per run and
-split), and the pictures each run's report drew (samples, reconstructions, ...) next to each other.
+split), the pictures each run's report drew (samples, reconstructions, ...) next to each other, and where
+their environments (environment.json, the last piece of each) differ.
 Like the report it only reads files: run `aezoo eval` and `aezoo report` on each run first for the
 numbers and pictures.
 """
 
 from __future__ import annotations
 
+import json
 import tempfile
 from html import escape
 from pathlib import Path
@@ -17,7 +19,7 @@ from .errors import AezooError
 from .files import atomic_write_bytes, is_number
 from .glossary import KEYS
 from .plots import save_loss_curves
-from .report import CSS, figure_html, read_json_or_why, value_html
+from .report import CSS, environment_pieces, figure_html, read_json_or_why, value_html
 from .runfolder import curves, loss_terms, read_metrics
 
 # Pictures shown side by side when the runs have them, in this order.
@@ -74,6 +76,25 @@ def _pictures_html(names: list[str], runs: list[Path]) -> str:
     return "\n".join(parts) or "<p class='muted'>No pictures yet (run <code>aezoo report</code> on each run).</p>"
 
 
+def _environments_html(names: list[str], runs: list[Path]) -> str:
+    """The keys of the runs' environments (each run's latest piece of training) whose values differ."""
+    last = [pieces[-1] if pieces else None for pieces, _ in map(environment_pieces, runs)]
+    known = [(n, env) for n, env in zip(names, last) if env is not None]
+    if len(known) < 2:
+        return "<p class='muted'>Fewer than two of the runs record their environment (environment.json).</p>"
+    keys = [k for k in dict.fromkeys(k for _, env in known for k in env) if k not in ("step", "started")]
+    differ = [k for k in keys if len({json.dumps(env.get(k)) for _, env in known}) > 1]
+    missing = [n for n, env in zip(names, last) if env is None]
+    note = f"<p class='muted'>No environment.json: {escape(', '.join(missing))}.</p>" if missing else ""
+    if not differ:
+        return f"{note}<p>The runs' environments are the same in all {len(keys)} keys.</p>"
+    head = "<tr><th>key</th>" + "".join(f"<th>{escape(n)}</th>" for n, _ in known) + "</tr>"
+    rows = "".join(f"<tr><th>{escape(k)}</th>" + "".join(f"<td>{value_html(env.get(k))}</td>" for _, env in known)
+                   + "</tr>" for k in differ)
+    return (f"{note}<p>{len(differ)} of {len(keys)} keys differ (the rest are the same):</p>"
+            f"<table>{head}{rows}</table>")
+
+
 def render_comparison(run_dirs: list[str | Path]) -> str:
     runs = [Path(r) for r in run_dirs]
     if len(runs) < 2:
@@ -104,6 +125,8 @@ td.best {{ font-weight: bold; background: #eef7ee; }}</style></head>
 {curves_html}
 <h2>Pictures</h2>
 {_pictures_html(names, runs)}
+<h2>Environments</h2>
+{_environments_html(names, runs)}
 </body></html>
 """
 

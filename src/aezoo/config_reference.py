@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 
 from . import registry
-from .config import DataConfig, EvalConfig, TrainConfig, is_used
+from .config import MODEL_SECTIONS, DataConfig, EvalConfig, TrainConfig, is_used
 
 _FIELD = re.compile(r"^\s+(\w+)\s*:\s*[^=#]+?=")
 
@@ -104,15 +104,17 @@ def _json_like(value):
 
 
 def run_keys(tree: dict) -> list[RunKey]:
-    """The keys of a run's config.json (`tree`), section by section, each with its default and whether the
-    run uses it. A section or key the config classes do not know (another version's) is kept, as used."""
+    """The keys of a run's config.json (`tree`), section by section (the model's first), each with its default
+    and whether the run uses it. A section or key the config classes do not know (another version's) is kept,
+    as used."""
     model_name = tree.get("model_name")
     try:
         classes = dict(_classes(model_name)) if isinstance(model_name, str) else {}
     except Exception:  # an unknown model: AezooError from the registry
         classes = {}
     out = []
-    for section, values in tree.items():
+    order = {name: i for i, name in enumerate((*MODEL_SECTIONS, "data", "train", "eval"))}
+    for section, values in sorted(tree.items(), key=lambda item: order.get(item[0], len(order))):
         if not isinstance(values, dict):
             continue
         fields = {f.name: f for f in dataclasses.fields(classes[section])} if section in classes else {}

@@ -3,7 +3,9 @@
 Pure file reading (config.json, eval.json, metrics.jsonl, plots/*.png, and the same of RUN/prior for a
 two-stage model), no model, so it works on any run folder, finished or not. Every number comes with
 its unit, which direction is better and a one-line definition (`glossary`), every picture with a
-caption, and the run with how far it got: steps done of planned, wall time, throughput. Images are
+caption, and the run with how far it got: steps done of planned, wall time, throughput, and the software
+and machine of each piece of its training (environment.json). The config shows the keys the run uses
+(`config_reference.run_keys`), those set away from their defaults marked. Images are
 embedded as base64 data URIs and the CSS is inline, so the file can be mailed or archived alone. Every
 string from the run folder is HTML-escaped.
 """
@@ -16,6 +18,7 @@ import math
 from html import escape
 from pathlib import Path
 
+from .config_reference import run_keys
 from .errors import AezooError
 from .files import atomic_write_bytes, is_number, read_json
 from .glossary import KEYS
@@ -69,6 +72,8 @@ svg.spark { vertical-align: middle; margin-left: 0.5em; }
 figcaption { color: #555; font-size: 0.9em; max-width: 60em; }
 td.meaning { color: #555; font-size: 0.9em; max-width: 40em; } td.better { white-space: nowrap; }
 .warn { background: #fff4d6; border-left: 4px solid #e0a800; padding: 0.5em 0.8em; }
+tr.changed th, tr.changed td { background: #eef4fb; font-weight: bold; } .default { color: #777; font-weight: normal; }
+tr.differs th, tr.differs td { background: #fff4d6; }
 """
 
 
@@ -192,6 +197,81 @@ def read_json_or_why(path: Path) -> tuple[object, str | None]:
         return None, str(e)
 
 
+def config_html(config: dict) -> str:
+    """A run's config.json, section by section: the keys the run uses, those set away from their default
+    marked (with the default beside them); the keys its settings leave unused named below."""
+    keys = run_keys(config)
+    if not keys:
+        return _table(config)
+    rows, unused = [], []
+    for k in keys:
+        if not k.used:
+            unused.append(k.key)
+            continue
+        default = f" <span class=default>(default {value_html(k.default)})</span>" if k.changed else ""
+        rows.append(f"<tr{' class=changed' if k.changed else ''}><th>{escape(k.key)}</th>"
+                    f"<td{' class=num' if is_number(k.value) else ''}>{value_html(k.value)}{default}</td></tr>")
+    changed = sum(k.changed and k.used for k in keys)
+    head = (f"<p>{changed} key{'s' if changed != 1 else ''} set away from {'their' if changed != 1 else 'its'} "
+            "default, in bold.</p>" if changed else "<p>Every key at its default.</p>")
+    tail = (f"<p class=muted>Not used by this run's settings (so not shown): {escape(', '.join(unused))}.</p>"
+            if unused else "")
+    return f"{head}<table>{''.join(rows)}</table>{tail}"
+
+
+def environment_pieces(run: Path) -> tuple[list[dict], str | None]:
+    """(the environments of a run's pieces of training, oldest first; why not) from RUN/environment.json:
+    {"pieces": [{...}, ...]} (`aezoo.environment`), or one flat dict; ([], None) without the file (older runs)."""
+    data, err = read_json_or_why(run / "environment.json")
+    if err == "missing":
+        return [], None
+    if err:
+        return [], err
+    pieces = data.get("pieces", [data])
+    if not isinstance(pieces, list) or not pieces or not all(isinstance(p, dict) for p in pieces):
+        return [], '"pieces" is not a list of objects'
+    return pieces, None
+
+
+# Keys of an environment piece that tell the pieces apart rather than describe them.
+PIECE_KEYS = ("step", "started")
+
+
+def _grid(d: dict, per_row: int = 2) -> str:
+    """A dict as a compact table, `per_row` key-value pairs a row."""
+    items = list(d.items())
+    rows = []
+    for i in range(0, len(items), per_row):
+        cells = "".join(f"<th>{escape(str(k))}</th><td>{value_html(v)}</td>" for k, v in items[i:i + per_row])
+        rows.append(f"<tr>{cells}</tr>")
+    return f"<table>{''.join(rows)}</table>"
+
+
+def _environment_html(run: Path) -> str:
+    """Every key of environment.json; with several pieces of training, the keys whose values differ between
+    them named and shown piece by piece, the rest once."""
+    pieces, err = environment_pieces(run)
+    if err:
+        return f"<h3>Environment</h3><p class='muted'>environment.json: {escape(err)}</p>"
+    if not pieces:
+        return ""
+    if len(pieces) == 1:
+        return f"<h3>Environment</h3>{_grid(pieces[0])}"
+    keys = list(dict.fromkeys(k for p in pieces for k in p))
+    differ = [k for k in keys if k not in PIECE_KEYS and len({json.dumps(p.get(k)) for p in pieces}) > 1]
+    if differ:
+        note = (f"<p class=warn>The run was trained in {len(pieces)} pieces whose environments differ in: "
+                f"{escape(', '.join(differ))}; its weights may differ from those of one uninterrupted run.</p>")
+    else:
+        note = f"<p>The run was trained in {len(pieces)} pieces, all in the same environment.</p>"
+    head = "<tr><th>key</th>" + "".join(f"<th>piece {i + 1}</th>" for i in range(len(pieces))) + "</tr>"
+    rows = "".join(f"<tr{' class=differs' if k in differ else ''}><th>{escape(k)}</th>"
+                   + "".join(f"<td>{value_html(p.get(k))}</td>" for p in pieces) + "</tr>"
+                   for k in keys if k in PIECE_KEYS or k in differ)
+    same = {k: pieces[0].get(k) for k in keys if k not in PIECE_KEYS and k not in differ}
+    return f"<h3>Environment</h3>{note}<table>{head}{rows}</table><p>The same in every piece:</p>{_grid(same)}"
+
+
 def _losses_html(metrics: Path) -> str:
     records = read_metrics(metrics)
     terms = loss_terms(records)
@@ -250,7 +330,7 @@ def _prior_html(run: Path) -> str:
              _progress_html(config, records), "<h3>Last losses</h3>", _losses_html(prior / "metrics.jsonl")]
     if not eval_err and isinstance(results, dict):
         parts += ["<h3>Evaluation of the prior</h3>", _eval_html(results)]
-    parts.append(f"<details><summary>Prior configuration</summary>{_table(config)}</details>")
+    parts.append(f"<details><summary>Prior configuration</summary>{config_html(config)}</details>")
     return "\n".join(parts)
 
 
@@ -273,9 +353,9 @@ def render_report(run_dir: str | Path) -> str:
         eval_html = _eval_html(results) if isinstance(results, dict) else value_html(results)
 
     if config_err:
-        config_html = f"<p class='muted'>config.json: {escape(config_err)}</p>"
+        config_part = f"<p class='muted'>config.json: {escape(config_err)}</p>"
     else:
-        config_html = _table(config) if isinstance(config, dict) else value_html(config)
+        config_part = config_html(config) if isinstance(config, dict) else value_html(config)
 
     records = read_metrics(run / "metrics.jsonl")
     progress_html = _progress_html(config if isinstance(config, dict) else {}, records)
@@ -288,6 +368,7 @@ def render_report(run_dir: str | Path) -> str:
 <h1>{title}</h1>
 <h2>Training</h2>
 {progress_html}
+{_environment_html(run)}
 <h2>Evaluation</h2>
 {eval_html}
 <h2>Last losses</h2>
@@ -296,7 +377,7 @@ def render_report(run_dir: str | Path) -> str:
 {_figures_html(run)}
 {_prior_html(run)}
 <h2>Configuration</h2>
-{config_html}
+{config_part}
 </body></html>
 """
 
