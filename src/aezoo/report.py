@@ -42,8 +42,10 @@ CAPTIONS = {
                   "image's code.",
     "encoder_filters": "First encoder layer's filters (rows of W1) as images, each stretched to [0, 1].",
     "decoder_filters": "Last decoder layer's filters (columns of its weight) as images.",
-    "rollouts": "TD-VAE: for each sequence, the true frames (top row) and, below, the frames seen followed by jumpy "
-                "predictions of 1, 2, ... steps from the belief after the last frame seen.",
+    "rollouts": "TD-VAE on test sequences. Frames: for each sequence the observed frames (row 'observed') and, "
+                "right of the red line that follows the last frame seen, the jumpy predictions of 1, 2, ... steps "
+                "from the belief there (row 'rollout'); columns are time steps. Vectors: one panel per sequence "
+                "and dimension, the observed values and the rollout after the dotted line.",
     "jumpy_rollouts": "TD-VAE: two frames seen, then chained jumps of max_jump steps (top: truth where the sequence "
                       "has it).",
     "prior_rollouts": "TD-VAE: rollouts from the belief before any frame (the model's prior over states).",
