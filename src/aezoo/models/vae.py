@@ -32,10 +32,12 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from ..config import ModelConfig, choice, number
 from ..distributions import (
     LIKELIHOODS,
+    Bernoulli,
     DiagonalGaussian,
     check_likelihood,
     default_likelihood,
@@ -149,8 +151,14 @@ class VAE(Model, Generative, LikelihoodBound):
         for start in range(0, k, per_chunk):
             z = q.rsample(min(per_chunk, k - start))  # (kc, B, D)
             out_z = self.decoder(z.flatten(0, 1)).unflatten(0, z.shape[:2])
-            # x broadcast over the samples as a view: the data is not copied kc times (bit-identical)
-            log_px = self.likelihood.log_prob(out_z, x.expand(len(z), *x.shape), batch_dims=2)
+            if isinstance(self.likelihood, Bernoulli):
+                # log p(x|z) = sum_d x_d l_d - softplus(l_d) (Bernoulli.log_prob, -BCE with logits l): one
+                # pass over the kc B D logits and a batched product with x, where the BCE makes several
+                logits = out_z.flatten(2)
+                log_px = torch.einsum("kbd,bd->kb", logits, x.flatten(1).to(logits.dtype)) - F.softplus(logits).sum(2)
+            else:
+                # x broadcast over the samples as a view: the data is not copied kc times (bit-identical)
+                log_px = self.likelihood.log_prob(out_z, x.expand(len(z), *x.shape), batch_dims=2)
             out.append(log_px + standard_normal_log_prob(z) - q.log_prob(z))
         return torch.cat(out)
 
