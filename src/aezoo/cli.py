@@ -95,7 +95,10 @@ def _cmd_train_prior(args) -> None:
 def _cmd_resume(args) -> None:
     from .train import resume
 
-    run = resume(_run_folder(args.run, writes=True), epochs=args.epochs, steps=args.steps)
+    if zoo.is_name(args.run):  # a copy has no resume.pt: resuming would train the model again from step 0
+        raise AezooError(f"{args.run} is a zoo entry, shipped without its training state: train a run of your own "
+                         f"with the commands in {zoo.get(args.run).path / 'README.md'}")
+    run = resume(args.run, epochs=args.epochs, steps=args.steps)
     if run is None:
         print(f"{args.run}: already finished; `aezoo resume {args.run} --epochs N` (or --steps N) trains it further")
     else:
