@@ -83,24 +83,30 @@ def betavae_score_of_pairs(codes_a, codes_b, fixed, n_train: int, n_classes: int
     return float((predict(x_eval) == k[n_train:]).mean())
 
 
+def betavae_pairs(factors: np.ndarray, n: int, batch: int, rng: np.random.Generator,
+                  ks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The beta-VAE metric's points drawn from N examples with integer `factors` (N, K): `first`,
+    `second` (n, batch) example indices, each pair agreeing on factor `fixed[p]` (n,), which is drawn
+    uniformly from `ks` (default: the varying factors); the partner is drawn from the examples that
+    share the first one's value of that factor (module docstring)."""
+    ks = _varying(factors) if ks is None else ks
+    partner = {k: group_sampler(factors[:, k], rng) for k in ks}
+    fixed = rng.choice(ks, n)
+    first, second = np.empty((n, batch), dtype=np.int64), np.empty((n, batch), dtype=np.int64)
+    for k in ks:
+        m = np.flatnonzero(fixed == k)
+        first[m] = rng.integers(0, len(factors), (len(m), batch))
+        second[m] = partner[k](factors[first[m].ravel(), k], 1).reshape(len(m), batch)  # same value of factor k
+    return first, second, fixed
+
+
 def betavae_score(codes, factors, n_train: int = 10_000, n_eval: int = 5_000, batch: int = 64, seed: int = 0) -> float:
     """The beta-VAE metric with its pairs drawn from the given examples (module docstring): points of
     `batch` pairs, the fixed factor uniform over the varying factors (chance: 1 / their number)."""
     c, f = check_pair(codes, factors)
     rng = np.random.default_rng(seed)
-    ks = _varying(f)
-    partner = {k: group_sampler(f[:, k], rng) for k in ks}
-
-    def pairs(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        fixed = rng.choice(ks, n)
-        first, second = np.empty((n, batch), dtype=np.int64), np.empty((n, batch), dtype=np.int64)
-        for k in ks:
-            m = np.flatnonzero(fixed == k)
-            first[m] = rng.integers(0, len(c), (len(m), batch))
-            second[m] = partner[k](f[first[m].ravel(), k], 1).reshape(len(m), batch)  # same value of factor k
-        return first, second, fixed
-
-    first, second, fixed = (np.concatenate(p) for p in zip(pairs(n_train), pairs(n_eval)))
+    first, second, fixed = (np.concatenate(p) for p in zip(betavae_pairs(f, n_train, batch, rng),
+                                                            betavae_pairs(f, n_eval, batch, rng)))
     return betavae_score_of_pairs(c[first], c[second], fixed, n_train, f.shape[1])
 
 
@@ -121,25 +127,31 @@ def factorvae_score_of_groups(group_codes, fixed, scale, n_train: int, prune: fl
     return float((counts.argmax(1)[unit[n_train:]] == k[n_train:]).mean())
 
 
+def factorvae_groups(factors: np.ndarray, n: int, batch: int, rng: np.random.Generator,
+                     ks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The FactorVAE metric's groups drawn from N examples with integer `factors` (N, K): `index`
+    (n, batch) example indices whose members share the value of factor `fixed[p]` (n,), drawn
+    uniformly from `ks` (default: the varying factors); the shared value is that of a random example,
+    so each value comes as often as it occurs."""
+    ks = _varying(factors) if ks is None else ks
+    members = {k: group_sampler(factors[:, k], rng) for k in ks}
+    fixed = rng.choice(ks, n)
+    index = np.empty((n, batch), dtype=np.int64)
+    for k in ks:
+        m = np.flatnonzero(fixed == k)
+        shared = factors[rng.integers(0, len(factors), len(m)), k]
+        index[m] = members[k](shared, batch)
+    return index, fixed
+
+
 def factorvae_score(codes, factors, n_train: int = 10_000, n_eval: int = 5_000, batch: int = 64, seed: int = 0,
                     prune: float = 0.0) -> float:
     """The FactorVAE metric with its groups drawn from the given examples (module docstring): groups of
     `batch` sharing one factor, uniform over the varying factors (chance: 1 / their number)."""
     c, f = check_pair(codes, factors)
     rng = np.random.default_rng(seed)
-    ks = _varying(f)
-    members = {k: group_sampler(f[:, k], rng) for k in ks}
-
-    def groups(n: int) -> tuple[np.ndarray, np.ndarray]:
-        fixed = rng.choice(ks, n)
-        index = np.empty((n, batch), dtype=np.int64)
-        for k in ks:
-            m = np.flatnonzero(fixed == k)
-            shared = f[rng.integers(0, len(c), len(m)), k]  # each value as often as it occurs
-            index[m] = members[k](shared, batch)
-        return index, fixed
-
-    index, fixed = (np.concatenate(p) for p in zip(groups(n_train), groups(n_eval)))
+    index, fixed = (np.concatenate(p) for p in zip(factorvae_groups(f, n_train, batch, rng),
+                                                   factorvae_groups(f, n_eval, batch, rng)))
     return factorvae_score_of_groups(c[index], fixed, c.std(0), n_train, prune)
 
 
