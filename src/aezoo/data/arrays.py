@@ -26,6 +26,7 @@ batch (`base.prepare`), float32 stays float32; other types (float64, integers), 
 from __future__ import annotations
 
 import math
+import mmap
 import os
 import zipfile
 from pathlib import Path
@@ -180,7 +181,11 @@ def _map_npy(path: Path, start: int, size: int, label: str, memmap: str) -> np.n
         raise AezooError(f"{path}: data.memmap=on cannot map {label}: {why}")
     if why or (memmap == "auto" and nbytes < MEMMAP_AUTO_BYTES):
         return None
-    return np.memmap(path, dtype, mode="c", offset=offset, shape=shape)
+    array = np.memmap(path, dtype, mode="c", offset=offset, shape=shape)
+    # Batches gather rows at random: the kernel's readahead would read pages no batch asked for and, on a
+    # file larger than memory, evict the ones that will be asked for (bench/memmap.py measured the thrashing)
+    array._mmap.madvise(mmap.MADV_RANDOM)  # np.memmap keeps its mmap.mmap there
+    return array
 
 
 def _stored_member_start(path: Path, info: zipfile.ZipInfo) -> int | None:
