@@ -32,6 +32,7 @@ from . import registry
 from .config import RunConfig, run_tree
 from .data import EVAL_SEED, Batches, Dataset, load_dataset, value_kind
 from .distributed import Processes, init_processes, pick_device
+from .environment import append_piece, describe, determinism, differences, pin_threads
 from .errors import AezooError
 from .files import load_state, save_state, save_weights, write_json
 from .models.capabilities import Adversarial
@@ -87,6 +88,7 @@ class Trainer:
             self.aux_optimizer = make_optimizer(self.aux_parameters, aux_settings)
         self.schedule = make_schedule(self.optimizer, t, self.total_steps, len(self.batches))
         self.scaler = torch.amp.GradScaler(device.type) if t.precision == "fp16" else None
+        self.environment = describe(device, t.precision, t.fused_optimizer, self.procs.world)
         self.skipped_in_a_row = 0
         self.step = 0
         self.last_checkpoint = 0
@@ -105,6 +107,7 @@ class Trainer:
             "rng": self.gather_rng(),
             "log_sums": {k: float(v) for k, v in self.log_sums.items()},
             "log_count": self.log_count,
+            "environment": determinism(self.environment),  # what these bits depend on, compared on resume
         }
         if self.aux_optimizer is not None:
             state["aux_optimizer"] = self.aux_optimizer.state_dict()
@@ -376,6 +379,7 @@ def _prepare(cfg: RunConfig) -> tuple[Dataset, torch.device, Processes]:
 
 
 def _new_trainer(cfg: RunConfig, run: RunFolder) -> Trainer:
+    pin_threads()  # the same seed gives the same bits only if no library changes its thread count mid-run
     dataset, device, procs = _prepare(cfg)
     torch.manual_seed(cfg.train.seed)  # the same initial weights in every process
     trainer = Trainer(cfg, run, dataset, device, procs)  # fails on bad input before any file is written
@@ -395,6 +399,7 @@ def train(cfg: RunConfig, out: str | Path) -> RunFolder:
     with _main_process_owns(run, trainer.procs):
         if trainer.procs.main:
             write_json(run.config, run_tree(cfg, registry.entry(cfg.model_name).section))
+            append_piece(run.path, 0, trainer.environment)
         trainer.fit()
     return run
 
@@ -420,10 +425,23 @@ def resume(path: str | Path, epochs: int | None = None, steps: int | None = None
             trainer.restore(state)
         if trainer.step >= trainer.total_steps:
             return None
-        if trainer.procs.main and (epochs is not None or steps is not None):
-            write_json(run.config, run_tree(cfg, registry.entry(cfg.model_name).section))
+        if trainer.procs.main:
+            if epochs is not None or steps is not None:
+                write_json(run.config, run_tree(cfg, registry.entry(cfg.model_name).section))
+            _say_what_changed(run, state, trainer)
+            append_piece(run.path, trainer.step, trainer.environment)
         trainer.fit()
     return run
+
+
+def _say_what_changed(run: RunFolder, state: dict | None, trainer: Trainer) -> None:
+    """One line on stderr when the checkpoint was written under other settings that its bits depend on
+    (`environment.DETERMINISM_KEYS`: thread count, library versions and settings, device)."""
+    saved = state.get("environment") if state is not None else None
+    changed = differences(saved, determinism(trainer.environment)) if isinstance(saved, dict) else []
+    if changed:
+        print(f"{run.path}: resumed at step {trainer.step} with {'; '.join(changed)}: the weights may differ "
+              f"from an uninterrupted run's", file=sys.stderr)
 
 
 @contextlib.contextmanager
