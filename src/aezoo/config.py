@@ -89,12 +89,14 @@ class DataConfig:
     train_split: str = choice("train", "train+val")  # train+val: the 60k MNIST training images
     limit: int = number(0, 0)  # use only the first N examples of each split (0: all)
     pad_to: int = number(0, 0)  # zero-pad images to pad_to x pad_to (0: as they are)
-    file: str = ""  # an array file, for datasets read from one (arrays, sequences)
-    image_size: int = number(0, 0)  # images: scale and centre-crop each image to S x S (0: all share one size)
+    file: str = used_when("", "name=arrays|sequences")  # an array file, for datasets read from one
+    # scale and centre-crop each image to S x S (0: all share one size)
+    image_size: int = number(0, 0, when="name=images")
     # read arrays from disk as batches need them instead of into memory: auto (.npy data of 256 MiB or more,
     # image folders whose pixels would take that much, through a uint8 cache), on (always), off (never)
     memmap: str = choice("auto", "on", "off")
-    cache_dir: str = ""  # where image folders' uint8 caches are kept ("": ~/.cache/aezoo, or $XDG_CACHE_HOME/aezoo)
+    # where image folders' uint8 caches are kept ("": ~/.cache/aezoo, or $XDG_CACHE_HOME/aezoo)
+    cache_dir: str = used_when("", "name=images")
 
 
 @dataclass
@@ -148,10 +150,13 @@ class EvalConfig:
     # fine-tune a classifier (encoder + softmax layer) from the trained encoder and from scratch, and fit logistic
     # regression on the frozen codes of the whole training split (slow: off by default; evaluation/finetune.py)
     finetune: bool = False
-    finetune_epochs: int = number(50, 1)  # most epochs of fine-tuning (early stopping on the validation split)
-    finetune_patience: int = number(5, 1)  # epochs without a better validation error before fine-tuning stops
-    finetune_lr: float = number(0.1, 0.0, 10.0, lo_open=True)  # plain SGD's learning rate (as the papers)
-    finetune_batch_size: int = number(20, 1)  # examples per SGD step of fine-tuning
+    # most epochs of fine-tuning (early stopping on the validation split)
+    finetune_epochs: int = number(50, 1, when="finetune=true")
+    # epochs without a better validation error before fine-tuning stops
+    finetune_patience: int = number(5, 1, when="finetune=true")
+    # plain SGD's learning rate (as the papers)
+    finetune_lr: float = number(0.1, 0.0, 10.0, lo_open=True, when="finetune=true")
+    finetune_batch_size: int = number(20, 1, when="finetune=true")  # examples per SGD step of fine-tuning
 
 
 @dataclass
