@@ -4,7 +4,9 @@ The run folder is the contract (`runfolder`). A checkpoint is one self-consisten
 `resume.pt` (weights, optimiser, schedule, step, random generators, the partial log interval), written
 atomically; `model.safetensors` is the same weights for users. Every random choice in the data is a
 function of (seed, epoch) or (seed, step) and the global generators are saved, so on CPU a run
-resumed from step N ends bit-identical to one that was never interrupted.
+resumed from step N ends bit-identical to one that was never interrupted, given the same thread count
+and libraries: the engine pins the thread count (`environment.pin_threads`), records the environment
+of every piece in RUN/environment.json, and a resume under other settings says so in one line.
 
 Launched by torchrun (WORLD_SIZE > 1), every process trains on its share of each global batch under
 DistributedDataParallel (gloo on CPU, NCCL on GPU); process 0 alone writes the run folder.
