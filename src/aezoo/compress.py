@@ -162,10 +162,10 @@ def _require_code_model(model) -> CodePrior:
     if not isinstance(model, CodeModel):
         raise AezooError(f"{getattr(model, 'name', type(model).__name__)} has no discrete codes: "
                          "compression is for vqvae and vqvae2 runs with a trained prior")
-    if model.prior is None:
-        raise AezooError(f"this {model.name} has no prior yet: `aezoo train-prior` on its run folder trains one; "
-                         "compression codes the codes under it")
-    return model.prior
+    try:
+        return model.require_prior()
+    except AezooError as e:
+        raise AezooError(f"{e}; compression codes the codes under it") from None
 
 
 def encode_codes(prior: CodePrior, codes: list[torch.Tensor], labels: torch.Tensor | None,

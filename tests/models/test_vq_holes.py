@@ -6,9 +6,11 @@ and that VQ-VAE-2's k-means start takes no EMA step."""
 import copy
 import dataclasses
 
+import pytest
 import torch
 
 import aezoo
+from aezoo.errors import AezooError
 from aezoo.quantize import QuantizerConfig, VectorQuantizer
 
 
@@ -149,3 +151,12 @@ def test_on_train_start_moves_codes_by_kmeans_only():
         torch.manual_seed(1)
         ref.quantizer_top.kmeans_init(ref.encoder_top(ref.encoder_bottom(ref._pad(x))), 3)
     assert torch.equal(model.quantizer_top.codebook, ref.quantizer_top.codebook)
+
+
+def test_sampling_without_a_prior_names_the_run_folder_to_train_it_on(tmp_path):
+    model = aezoo.build("vqvae", **aezoo.registry.entry("vqvae").tiny)
+    with pytest.raises(AezooError, match=r"train-prior RUN \(the run folder"):
+        model.sample(2)  # built in Python: no folder to name
+    model.save(tmp_path / "run")
+    with pytest.raises(AezooError, match=f"train-prior {tmp_path / 'run'}`"):
+        aezoo.load(tmp_path / "run").sample(2)

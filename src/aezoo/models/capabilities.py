@@ -115,6 +115,7 @@ class CodeModel(Model, Generative):
 
     default_prior = "pixelcnn"
     prior = None  # the run's CodePrior: a plain attribute, not part of this model's weights
+    folder = None  # the run folder the weights were loaded from, if any (named in messages)
 
     @abc.abstractmethod
     def code_levels(self) -> list[CodeLevel]:
@@ -146,7 +147,8 @@ class CodeModel(Model, Generative):
 
     def require_prior(self):
         if self.prior is None:
-            raise AezooError(f"this {self.name} has no prior yet: `aezoo train-prior` on its run folder trains one")
+            run = self.folder if self.folder is not None else "RUN (the run folder of these weights)"
+            raise AezooError(f"this {self.name} has no prior yet: `aezoo train-prior {run}` trains one")
         return self.prior.to(self.device).eval()
 
     @torch.no_grad()
@@ -165,7 +167,8 @@ class CodeModel(Model, Generative):
     def load_weights_from(self, path: str | Path) -> None:
         """The weights, then the prior in the same run folder (RUN/prior) if one was trained on them."""
         super().load_weights_from(path)
-        folder = Path(path).parent / PRIOR_FOLDER
+        object.__setattr__(self, "folder", Path(path).parent)
+        folder = self.folder / PRIOR_FOLDER
         if (folder / "model.safetensors").is_file() and (folder / "config.json").is_file():
             prior = registry.load(folder)
             if prior.config.source_weights != weights_hash(path):
