@@ -56,13 +56,13 @@ class VAEConfig(ModelConfig, BackboneConfig):
     # auto: chosen from the data when a run is made (distributions.default_likelihood: bernoulli for binary
     # data, logistic for 8-bit images, a Gaussian with learned variance otherwise); bernoulli without data
     likelihood: str = choice("auto", *LIKELIHOODS)
-    sigma: float = number(1.0, 0.0, None, lo_open=True)  # std of the fixed-variance Gaussian likelihood
+    sigma: float = number(1.0, 0.0, None, lo_open=True, when="likelihood=gaussian")  # the fixed Gaussian std
     objective: str = choice("beta", "capacity", "iwae")  # what the loss is (module docstring)
-    beta: float = number(1.0, 0.0)  # the KL's weight when objective="beta"; 1: the ELBO
-    gamma: float = number(1000.0, 0.0, lo_open=True)  # weight of |KL - C| when objective="capacity"
-    capacity_max: float = number(25.0, 0.0)  # C_max in nats (Burgess et al.: 25 for dSprites)
-    capacity_steps: int = number(100_000, 0)  # steps over which C rises from 0 to C_max (0: C_max at once)
-    iwae_k: int = number(50, 1)  # importance samples per example when objective="iwae" (Burda et al.: 5, 50)
+    beta: float = number(1.0, 0.0, when="objective=beta")  # the KL's weight; 1: the ELBO
+    gamma: float = number(1000.0, 0.0, lo_open=True, when="objective=capacity")  # weight of |KL - C|
+    capacity_max: float = number(25.0, 0.0, when="objective=capacity")  # C_max in nats (Burgess: 25, dSprites)
+    capacity_steps: int = number(100_000, 0, when="objective=capacity")  # steps of C from 0 to C_max (0: at once)
+    iwae_k: int = number(50, 1, when="objective=iwae")  # importance samples per example (Burda: 5, 50)
     # validation passes also report each unit's KL as kl_<i>, for the plot of KL per unit over training
     log_kl_units: bool = False
 
@@ -212,7 +212,7 @@ class BetaVAEConfig(VAEConfig):
     hidden: tuple[int, ...] = (256, 256)
     channels: tuple[int, ...] = (32, 32, 32, 32)
     latent_dim: int = number(10, 1)
-    beta: float = number(4.0, 0.0)
+    beta: float = number(4.0, 0.0, when="objective=beta")
     log_kl_units: bool = True
 
 
