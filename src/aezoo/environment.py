@@ -27,13 +27,16 @@ the step the piece started from and "started" its UTC start time. The keys of a 
 What the weights depend on (`DETERMINISM_KEYS`) is also kept in the resume state; `differences`
 names what changed, for the one line `aezoo resume` prints before it continues.
 
-Same seed, same weights (issue 19): a CPU run's result depends on the number of intra-op threads,
-which sets how torch's reductions and MKL's matrix products split their sums. MKL, left to itself
-(MKL_DYNAMIC's default, kept unless torch.set_num_threads is called), may run a product on fewer
-threads than it was given; an OpenMP runtime with dynamic adjustment (OMP_DYNAMIC=true; GNU OpenMP
-then sizes each team by the load average) may do the same to every parallel loop. `pin_threads`
-turns both off, which is what Intel's reproducibility conditions for MKL ask (oneMKL developer guide,
-"Reproducibility Conditions": a fixed number of threads, MKL_DYNAMIC and OMP_DYNAMIC false).
+Same seed, same weights (issue 19): a CPU run's bits may depend on its number of intra-op threads,
+which sets how some kernels split their sums: oneDNN's convolution weight gradients sum over the batch
+in per-thread parts, so a conv model trained on 1 and on 2 threads ends with other weights, while the
+MLP VAE's products and reductions split over their outputs and give the same bits on 1 and 2 threads
+(bench/determinism.py). MKL left to itself (MKL_DYNAMIC's default, kept unless torch.set_num_threads
+is called) may run a product on fewer threads than it was given, and an OpenMP runtime with dynamic
+adjustment (OMP_DYNAMIC=true; GNU OpenMP then sizes each team by the load average) may do the same to
+every parallel loop. `pin_threads` turns both off, as Intel's reproducibility conditions for MKL ask
+(oneMKL developer guide, "Reproducibility Conditions": a fixed number of threads, MKL_DYNAMIC and
+OMP_DYNAMIC false).
 """
 
 from __future__ import annotations
