@@ -99,6 +99,8 @@ def describe_budget(b: dict) -> str:
 
 
 def duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
     minutes = seconds / 60
     return f"{minutes:.0f} min" if minutes < 120 else f"{minutes / 60:.1f} h"
 
@@ -245,7 +247,7 @@ def add(args) -> Path:
     files = files_of(run)
     size = sum((run / f).stat().st_size for f in files)
     if size > LIMIT_BYTES:
-        raise AezooError(f"{run}: the entry would be {size / 1e6:.1f} MB, over the zoo's {LIMIT_BYTES / 1e6:.0f} MB")
+        raise AezooError(f"{run}: the entry would be {size / 1e6:.1f} MB, over the zoo's {LIMIT_BYTES / 1e6:g} MB")
     budget = budget_of(run)
     if "prior/config.json" in files:
         budget["prior"] = budget_of(run / "prior")
