@@ -1,0 +1,172 @@
+"""Wall time of `aezoo eval`, stage by stage, before and after the work of issue 18.
+
+"Before" is the code of commit bd434a7, "after" this checkout; both run here, in turn, on the same run
+folders, as subprocesses importing aezoo from their own source tree (--base-src: a worktree of bd434a7,
+`git worktree add BASE bd434a7`). Each subprocess does what `evaluate` does (the run loaded, the
+evaluators that apply run in order from torch.manual_seed(EVAL_SEED)) and times every evaluator, on
+the first --limit examples of the evaluated split (the probes' training codes and the disentanglement
+metrics' factor-grid samples keep their configured sizes):
+
+  - the VAE's IWAE estimate of -log p(x) at k = 5000 (--vae RUN, eval.nll_k set to 5000), the
+    `likelihood` evaluator alone, on the first --iwae-limit test images; both versions draw the same
+    z from the same seed, so their estimates differ only by float rounding, and the spread of the
+    per-example estimates (standard error of the mean) is given beside them;
+  - vqvae2 with its PixelSNAIL priors on MNIST (--vqvae2 RUN; --skip leaves evaluators out);
+  - beta_vae on dSprites (--beta-vae RUN).
+
+One torch thread; /proc/loadavg is read before and after each version's run. Cases given to an
+earlier invocation and not to this one are kept from eval_speed.json.
+
+    .venv/bin/python bench/eval_speed.py --base-src /work/runs/h18speed/base/src \\
+        --beta-vae /work/runs/h18speed/beta_vae --vqvae2 /work/runs/h18speed/vqvae2 --vae /work/runs/h18speed/vae
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import write_result
+
+HERE = Path(__file__).parent
+# Run folders made by newer code hold config keys older code does not know. Each worker reads a copy
+# (files linked, not copied) whose config.json files keep only the keys of the importing version: the
+# keys added since bd434a7 (model.decoder_hidden, data.memmap, ...) default to what that code did.
+COMPATIBLE_COPY = """
+import dataclasses, json, tempfile
+from pathlib import Path
+from aezoo import config as _config
+from aezoo.registry import entry
+
+
+def compatible_copy(run):
+    src, dst = Path(run), Path(tempfile.mkdtemp()) / Path(run).name
+    for f in src.rglob("*"):
+        if f.is_dir():
+            continue
+        out = dst / f.relative_to(src)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if f.name != "config.json":
+            out.symlink_to(f.resolve())
+            continue
+        tree = json.loads(f.read_text())
+        sections = {"data": _config.DataConfig, "train": _config.TrainConfig, "eval": _config.EvalConfig}
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                cls = sections.get(key) or entry(tree["model_name"]).config_class
+                known = {x.name for x in dataclasses.fields(cls)}
+                tree[key] = {k: v for k, v in value.items() if k in known}
+        out.write_text(json.dumps(tree))
+    return str(dst)
+"""
+WORKER = COMPATIBLE_COPY + """
+import json, math, sys, time, torch
+from aezoo.evaluation import EVALUATORS, EvalContext
+from aezoo.evaluation.base import EVAL_SEED
+from aezoo.runfolder import load_run
+torch.set_num_threads(1)
+run, limit, nll_k, only = compatible_copy(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+skip, sem = sys.argv[5].split(","), sys.argv[6] == "sem"
+started = time.perf_counter()
+model, ds, cfg, folder = load_run(run)
+stages = {"load": time.perf_counter() - started}
+split = cfg.eval.split
+for d in (ds.x, ds.labels, ds.factors):
+    if split in d:
+        d[split] = d[split][:limit]
+if nll_k:
+    cfg.eval.nll_k = nll_k
+ctx = EvalContext(model, ds, cfg, split, folder)
+torch.manual_seed(EVAL_SEED)
+results = {}
+per_example = None
+for ev in EVALUATORS:
+    if ev.applies(model, ds) and (only == "all" or ev.name == only) and ev.name not in skip:
+        t = time.perf_counter()
+        results.update(ev.run(ctx))
+        stages[ev.name] = time.perf_counter() - t
+if sem:  # the spread of the per-example estimates, from the same seed again
+    torch.manual_seed(EVAL_SEED)
+    with torch.no_grad():
+        per_example = torch.cat([model.nll_iwae(x, cfg.eval.nll_k, cfg.eval.nll_batch) for x in ctx.batches()])
+    results["nll_iwae_sem"] = float(per_example.std() / math.sqrt(len(per_example)))
+keep = {k: v for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+print(json.dumps({"stages_s": stages, "total_s": time.perf_counter() - started, "results": keep}))
+"""
+
+
+def loadavg() -> list[float]:
+    return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+def run_worker(src: Path, run: str, limit: int, nll_k: int, only: str, skip: str, sem: bool) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
+    load = loadavg()
+    started = time.perf_counter()
+    argv = [run, str(limit), str(nll_k), only, skip, "sem" if sem else "-"]
+    done = subprocess.run([sys.executable, "-c", WORKER, *argv], env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"{src} on {run}:\n{done.stderr[-3000:]}")
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out["process_wall_s"] = time.perf_counter() - started
+    out["loadavg"] = [load, loadavg()]
+    return out
+
+
+def rounded(x):
+    if isinstance(x, dict):
+        return {k: rounded(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [rounded(v) for v in x]
+    return round(x, 4) if isinstance(x, float) else x
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--base-src", required=True, help="src/ of a worktree at bd434a7")
+    p.add_argument("--beta-vae", help="a beta_vae run on dSprites")
+    p.add_argument("--vqvae2", help="a vqvae2 run with its prior")
+    p.add_argument("--vae", help="a VAE run on binarised MNIST")
+    p.add_argument("--limit", type=int, default=2000, help="examples of the evaluated split (beta_vae, vqvae2)")
+    p.add_argument("--skip", default="", help="evaluators left out for vqvae2, comma-separated (e.g. feature_probes)")
+    p.add_argument("--iwae-limit", type=int, default=20, help="test images for the IWAE at k = 5000")
+    args = p.parse_args()
+    versions = {"before": Path(args.base_src), "after": HERE.parent / "src"}
+    cases = [(name, run, limit, nll_k, only) for name, run, limit, nll_k, only in (
+        ("vae_iwae_k5000", args.vae, args.iwae_limit, 5000, "likelihood"),
+        ("vqvae2_with_priors", args.vqvae2, args.limit, 0, "all"),
+        ("beta_vae_dsprites", args.beta_vae, args.limit, 0, "all"),
+    ) if run]
+    # cases of an earlier invocation that this one does not run again are kept
+    previous = HERE / "eval_speed.json"
+    rows = json.loads(previous.read_text())["cases"] if previous.exists() else {}
+    for name, run, limit, nll_k, only in cases:
+        skipped = args.skip.split(",") if args.skip and name == "vqvae2_with_priors" else []
+        row = {"run": run, "examples": limit, "skipped": skipped}
+        for v, src in versions.items():
+            row[v] = run_worker(src, run, limit, nll_k, only, ",".join(row["skipped"]),
+                                sem=only == "likelihood" and v == "after")
+            print(name, v, round(row[v]["total_s"], 1), json.dumps(rounded(row[v]["stages_s"])), flush=True)
+        row["speedup_total"] = row["before"]["total_s"] / row["after"]["total_s"]
+        row["speedup_by_stage"] = {k: row["before"]["stages_s"][k] / t
+                                   for k, t in row["after"]["stages_s"].items() if k in row["before"]["stages_s"]}
+        rows[name] = rounded(row)
+        result = {
+            "method": "each version in its own process (PYTHONPATH at its src), the evaluators `evaluate` runs, "
+            "timed one by one, on the first `examples` of the split; one torch thread",
+            "before": "commit bd434a7",
+            "after": "this checkout",
+            "cases": rows,
+        }
+        write_result(__file__, result)  # after each case: what finished is kept
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
