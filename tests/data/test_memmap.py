@@ -58,13 +58,11 @@ def test_float32_train_and_val_of_one_mapped_array_join_without_a_copy(tmp_path)
 
 
 def test_value_kind_reads_a_mapped_split_in_chunks_and_agrees(tmp_path, monkeypatch):
-    monkeypatch.setattr(base, "SCAN_BYTES", 40)  # two rows (4 floats each) a chunk: the last chunk decides
-    unit = np.full((50, 4), 0.5, dtype=np.float32)
-    unit[39] = 1.0  # the training split's last row (the first 80%)
-    binary = (unit == 1.0).astype(np.float32)
-    real = unit.copy()
-    real[39, -1] = 1.5
-    for values, kind in ((unit, "unit"), (binary, "binary"), (real, "real")):
+    monkeypatch.setattr(base, "SCAN_BYTES", 40)  # two rows (4 floats each) a chunk: the first chunk decides
+    for first, kind in ((0.0, "binary"), (0.5, "unit"), (1.5, "real")):
+        values = np.zeros((50, 4), dtype=np.float32)
+        values[1:20:2] = 1.0
+        values[0, 0] = first
         np.save(tmp_path / "a.npy", values)
         assert [value_kind(_arrays(tmp_path / "a.npy", m), "none") for m in ("off", "on")] == [kind, kind]
 
@@ -139,7 +137,7 @@ def _folder(root, n=12, colour_at=None):
         (root / c).mkdir(parents=True, exist_ok=True)
         for i in range(n):
             shape = (5, 4, 3) if (c, i) == colour_at else (5, 4)
-            Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(root / c / f"{i}.png")
+            Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(root / c / f"{i}.bmp")
 
 
 def _images(root, cache, memmap="on"):
@@ -168,16 +166,18 @@ def test_a_changed_image_folder_rebuilds_its_cache(tmp_path):
     assert sorted(p.name for p in cache.glob("images-*") if p.is_dir()) == built
     assert torch.equal(again.x["train"], first.x["train"])
 
-    Image.fromarray(np.zeros((5, 4), np.uint8)).save(img / "a" / "0.png")  # new pixels in an existing file
-    st = (img / "a" / "0.png").stat()
-    os.utime(img / "a" / "0.png", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    size = (img / "a" / "0.bmp").stat().st_size
+    Image.fromarray(np.zeros((5, 4), np.uint8)).save(img / "a" / "0.bmp")  # new pixels, the same file size
+    st = (img / "a" / "0.bmp").stat()
+    os.utime(img / "a" / "0.bmp", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a coarse clock's tick later
+    assert st.st_size == size  # only the modification time tells the change
     changed = _images(img, cache)
     rebuilt = sorted(p.name for p in cache.glob("images-*") if p.is_dir())
     assert len(rebuilt) == 1 and rebuilt != built  # a new cache, the stale one removed
     assert torch.equal(changed.x["train"], _images(img, cache, "off").x["train"])
     assert not torch.equal(changed.x["train"], first.x["train"])
 
-    (img / "b" / "11.png").unlink()  # one image fewer
+    (img / "b" / "11.bmp").unlink()  # one image fewer
     assert sum(len(v) for v in _images(img, cache).x.values()) == 23
 
 
