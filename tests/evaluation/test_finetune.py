@@ -154,3 +154,26 @@ def test_eval_writes_the_finetune_keys(tmp_path):
     for key in results:
         if key.startswith(("finetune_", "scratch_", "logreg_")):
             assert key in KEYS, key
+
+
+def test_logistic_regression_takes_the_l2_chosen_on_validation(monkeypatch):
+    ctx = context("ae")
+    ds = ctx.dataset
+    with torch.no_grad():
+        codes = {s: ctx.model.encode(ds.x[s]).flatten(1) for s in ("val", "test")}
+
+    def knows(split):  # a fitted probe right on one split's codes and wrong (label -1) on any other
+        def predict(c):
+            if split is None:
+                return torch.full((len(c),), -1)
+            d = torch.cdist(c, codes[split], compute_mode="donot_use_mm_for_euclid_dist")
+            return torch.where(d.min(1).values < 1e-6, ds.labels[split][d.argmin(1)], -1)
+
+        return predict
+
+    fits = {1e-4: knows(None), 1e-3: knows("val"), 1e-2: knows("test")}
+    monkeypatch.setattr(ft, "fit_linear_probe", lambda train, train_y, classes, l2: fits[l2])
+    out = ft.logistic_regression(ctx, Batches(ds, "val", 7, shuffle=False))
+    # chosen by validation error, not by test error; the test error is that same fit's
+    assert out == {"logreg_test_error": 1.0, "logreg_val_error": 0.0, "logreg_l2": 1e-3, "logreg_train_examples": 90}
+
