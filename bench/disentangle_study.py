@@ -128,10 +128,10 @@ def main() -> None:
                    "per run; null in the JSON)")
     p.add_argument("--collect", action="store_true", help="only write the JSON from the runs evaluated under OUT")
     args = p.parse_args()
+    torch.set_num_threads(1)
     if args.collect:
         write(args)
         return
-    torch.set_num_threads(1)
     base = read_config_file(ROOT / "configs" / "beta_vae_dsprites.toml")
     base.pop("model_name")
     base["model"] = {k: v for k, v in base["model"].items() if k not in ("objective", "beta")}
