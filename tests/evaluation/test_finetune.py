@@ -2,6 +2,7 @@
 shares nothing, the trained model left alone, early stopping's best epoch, a separable problem solved,
 and the config's and the model's errors in one line."""
 
+import copy
 import json
 
 import pytest
@@ -44,6 +45,16 @@ def test_gradient_reaches_every_encoder_layer():
     for name, p in encoder.items():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
     assert all(p.grad is None for p in model.decoder.parameters())
+
+
+def test_a_loaded_models_copy_is_fine_tuned_through_every_encoder_layer():
+    ds = dataset()
+    model = aezoo.build("ae", data_shape=(12,), hidden=(16,), latent_dim=8).for_inference()  # as registry.load
+    net = classifier(copy.deepcopy(model), ds.x["train"], 3, seed=0)
+    fit_classifier(net, Batches(ds, "train", 10, seed=0), Batches(ds, "val", 30, shuffle=False), epochs=1,
+                   patience=1, lr=0.5)
+    for (name, before), after in zip(model.encoder.named_parameters(), net.encoder.encoder.parameters()):
+        assert not torch.equal(before, after), name
 
 
 @pytest.mark.parametrize("name", ["ae", "dae", "sparse_ae", "ksparse_ae", "cae"])
