@@ -107,7 +107,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     def failing_fdopen(fd, mode="r", *a, **k):
         f = real_fdopen(fd, mode, *a, **k)
         calls["n"] += 1
-        return HalfWriter(f) if calls["n"] > 3 else f  # config.json and the first checkpoint succeed
+        return HalfWriter(f) if calls["n"] > 4 else f  # config.json, environment.json and the first checkpoint succeed
 
     cfg = make_run_config(
         "vae",
