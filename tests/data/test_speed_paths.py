@@ -156,5 +156,11 @@ def test_iwae_log_weights_with_the_data_broadcast_equal_the_copied_data(likeliho
         lw = fn(model, x, 10, 21)  # chunks of 3 samples, the last one of 1
         grads.append((lw, torch.autograd.grad(lw.logsumexp(0).sum(), list(model.parameters()))))
     (old, g_old), (new, g_new) = grads
-    assert new.shape == (10, 7) and torch.equal(new, old)
-    assert all(torch.equal(a, b) for a, b in zip(g_old, g_new))
+    assert new.shape == (10, 7)
+    if likelihood == "bernoulli":  # one fused pass over the logits (VAE.log_weights): equal up to rounding
+        torch.testing.assert_close(new, old, rtol=1e-6, atol=1e-4)
+        for a, b in zip(g_old, g_new):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    else:  # the data broadcast as a view: bit-identical
+        assert torch.equal(new, old)
+        assert all(torch.equal(a, b) for a, b in zip(g_old, g_new))
