@@ -27,8 +27,8 @@ OUT, so processes sharing OUT (each given some --models) make one JSON. The comm
     $run --collect --models beta1,beta4,capacity,factor_vae,beta_tc_vae,dip_vae
 It is a fragment of the study: on a machine at a load average of ~17 on 2 cores each process got ~6% of
 a core (800 steps took ~35 min of wall time), so factor_vae, beta_tc_vae and dip_vae (started the same
-way) were stopped near step 50, and dlib's DCI (about 3-4 min of CPU per run: 100 boosting stages times
-one tree per class of each factor, 40 for orientation) was left out (null). The JSON lists what was not
+way) were stopped near step 50, and dlib's DCI (100 boosting stages times one tree per class of each factor,
+40 for orientation: more than 5 min of CPU for one run here) was left out (null). The JSON lists what was not
 run; `$run --models factor_vae` (and the others), then runs without --no-dlib-dci after removing their
 bench_eval.json, complete it.
 """
