@@ -20,7 +20,7 @@ from conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 ENTRIES = zoo.names()
-SHIPPED = ("vqvae-mnist", "tdvae-moving-mnist")  # the survey's models with no other entry
+SHIPPED = ("vqvae-mnist", "vqvae2-mnist", "tdvae-moving-mnist")  # the survey's models with no other entry
 FAST = ["--set", "train.batch_size=50", "--set", "model.hidden=[8]", "--set", "model.latent_dim=2",
         "--set", "eval.nll_k=3", "--set", "train.progress=false"]
 
@@ -51,7 +51,7 @@ def zoo_add_module():
 
 def test_the_survey_models_are_shipped():
     assert set(SHIPPED) <= set(ENTRIES), ENTRIES
-    assert {zoo.get(n).model for n in SHIPPED} == {"vqvae", "tdvae"}
+    assert {zoo.get(n).model for n in SHIPPED} == {"vqvae", "vqvae2", "tdvae"}
 
 
 @pytest.mark.parametrize("name", ENTRIES)
