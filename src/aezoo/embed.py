@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import registry
+from . import registry, zoo
 from .config import DataConfig, RunConfig, from_dict, parse_overrides, to_dict
 from .data import EVAL_SEED, Dataset, load_dataset, mix_seed, prepare
 from .data.images import _read as read_image_file  # the images dataset's own reader (mode, size, errors)
@@ -69,12 +69,12 @@ class Loaded:
 
 
 def load_model(run_or_model, device: str | None = None) -> Loaded:
-    """A run folder (path) or a model object, in evaluation mode."""
+    """A run folder (path), a zoo entry's name or a model object, in evaluation mode."""
     if isinstance(run_or_model, Model):
         return Loaded(run_or_model.eval(), None, None)
     if not isinstance(run_or_model, (str, Path)):
         raise AezooError(f"expected a run folder or a model, got {type(run_or_model).__name__}")
-    run = RunFolder(Path(run_or_model))
+    run = RunFolder(zoo.resolve(run_or_model))  # only read: the installed entry itself for a name
     run.require()
     cfg = registry.load_run_config(run.path)
     model = registry.load(run.path, device=str(pick_device(device or cfg.train.device)))

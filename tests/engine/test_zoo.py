@@ -219,6 +219,13 @@ def test_a_name_loads_and_a_typo_gets_one_line(tiny_zoo):
     assert code == 2 and "shipped without its training state" in err and not Path("runs").exists()
 
 
+def test_encode_dataset_takes_a_name_and_reads_the_entry_in_place(tiny_zoo):
+    before = snapshot(tiny_zoo[1])
+    codes = aezoo.encode_dataset("tiny-vae", split="test")
+    assert codes["mean"].shape == (30, aezoo.load("tiny-vae").config.latent_dim) and torch.isfinite(codes["mean"]).all()
+    assert snapshot(tiny_zoo[1]) == before and not Path("runs").exists()
+
+
 def test_commands_that_write_use_a_copy_never_the_package(tiny_zoo):
     _, entry = tiny_zoo
     before = snapshot(entry)
