@@ -76,6 +76,7 @@ def _set_dynamic(on: int) -> None:
         function(on)
 
 
+@pytest.mark.slow  # trains on MNIST with two threads: seconds, more under load
 def test_a_run_pins_threads_and_records_its_environment(tmp_path, threads):
     threads(2)
     _set_dynamic(1)
@@ -94,6 +95,7 @@ def test_a_run_pins_threads_and_records_its_environment(tmp_path, threads):
     assert saved == environment.determinism(piece) and saved["torch_threads"] == 2
 
 
+@pytest.mark.slow  # trains on MNIST with two threads: seconds, more under load
 def test_resume_under_another_thread_count_says_so_in_one_line_then_continues(tmp_path, threads, capsys):
     threads(1)
     run = train(config(MLP, "train.steps=4"), tmp_path / "r")
