@@ -37,7 +37,7 @@ from aezoo.evaluation import evaluate
 from aezoo.registry import entry
 from aezoo.runfolder import read_metrics
 from aezoo.train import resume, train
-from common import write_result
+from common import pieces, write_result
 
 ROOT = Path(__file__).parents[1]
 CONFIG = ROOT / "configs" / "beta_vae_higgins2017.toml"
@@ -79,24 +79,13 @@ def run_curve(out: Path, beta: float, seed: int, budget: int, points: list[int],
         print(json.dumps({k: v for k, v in point.items() if k != "kl_per_dim"}), flush=True)
 
 
-def pieces(run: Path) -> list[dict]:
-    """The pieces the run was trained in: where the step counter restarted its clock (a resume)."""
-    out, last_time = [], None
-    for r in read_metrics(run / "metrics.jsonl"):
-        if r.get("split") != "train":
-            continue
-        if last_time is None or r["time_s"] < last_time:
-            out.append({"from_step": out[-1]["to_step"] if out else 0, "to_step": r["step"], "wall_s": 0.0})
-        out[-1]["to_step"], out[-1]["wall_s"], last_time = r["step"], round(r["time_s"], 1), r["time_s"]
-    return out
-
-
 def collect(out: Path) -> None:
     runs = {}
     for run in sorted(out.glob("beta*_s*")):
         progress = run / "bench_curve.json"
         if progress.exists():
-            runs[run.name] = {"curve": json.loads(progress.read_text()), "pieces": pieces(run)}
+            runs[run.name] = {"curve": json.loads(progress.read_text()),
+                              "pieces": pieces(read_metrics(run / "metrics.jsonl"))}
     if not runs:
         raise SystemExit(f"no runs with a curve under {out}")
     fig, axes = plt.subplots(2, 4, figsize=(16, 7), constrained_layout=True)

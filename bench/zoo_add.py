@@ -46,6 +46,9 @@ from aezoo.glossary import KEYS
 from aezoo.models.capabilities import CodeModel, Generative
 from aezoo.runfolder import read_metrics
 
+sys.path.insert(0, str(Path(__file__).parent))
+from common import pieces  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 LIMIT_BYTES = 10_000_000
 METRICS_LIMIT_BYTES = 1_000_000
@@ -57,21 +60,6 @@ HEADLINE = {  # the default headline keys of each model's entry
     "ksparse_ae": ["finetune_test_error"],
 }
 TABLE_HEAD = "| model | data | metric | obtained | reference | budget | command |"
-
-
-def pieces(records: list[dict]) -> list[dict]:
-    """The pieces of training in a metrics log: first and last step and wall seconds of each stretch of
-    training records whose time_s does not go back."""
-    out: list[dict] = []
-    last = None
-    for r in records:
-        if r["split"] != "train" or not isinstance(r.get("time_s"), (int, float)):
-            continue
-        if last is None or r["time_s"] < last:
-            out.append({"from_step": r["step"], "to_step": r["step"], "wall_s": r["time_s"]})
-        out[-1].update(to_step=r["step"], wall_s=round(r["time_s"], 1))
-        last = r["time_s"]
-    return out
 
 
 def budget_of(folder: Path) -> dict:
