@@ -14,7 +14,9 @@ the papers used SGD and trained for far longer). Fine-tuning and the from-scratc
 lr eval.finetune_lr, batch eval.finetune_batch_size, at most --finetune-epochs with early stopping
 after --patience epochs without a better validation error (on the 10,000 validation images), the best
 epoch tested on the 10,000 test images. Logistic regression: the 50,000 training codes, L2 chosen on
-validation.
+validation. ae, dae, cae and sparse_ae share one architecture and so one from-scratch network: its
+baseline is trained once, in the first of them (eval.finetune_scratch=false in the others), and given
+to each (`scratch_from` names where it was measured).
 
 Each run folder (config.json, model.safetensors, eval.json) is kept under --out/<name>; a run already
 evaluated there is read, not redone, so the script can be stopped and started again. finetune.json is
@@ -35,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from aezoo.config import make_run_config  # noqa: E402
 from aezoo.evaluation import evaluate  # noqa: E402
-from aezoo.files import read_json  # noqa: E402
+from aezoo.files import read_json, write_json  # noqa: E402
 from aezoo.registry import entry  # noqa: E402
 from aezoo.train import train  # noqa: E402
 from common import write_result  # noqa: E402
@@ -55,6 +57,9 @@ PAPERS = {
 }
 
 
+ONE_BASELINE = ("cae", "ae", "dae", "sparse_ae")  # one-layer sigmoid 1000: the same fresh network
+
+
 def runs(epochs: int, layer_epochs: int) -> dict[str, tuple[str, dict, int]]:
     """name -> (model, model config, training steps), in the order they are run."""
     steps = epochs * STEPS_PER_EPOCH
@@ -71,23 +76,29 @@ def runs(epochs: int, layer_epochs: int) -> dict[str, tuple[str, dict, int]]:
     }
 
 
-def measure(run: Path, model: str, cfg: dict, steps: int, args) -> dict:
-    times = {}
+def measure(run: Path, model: str, cfg: dict, steps: int, args, baseline: dict | None) -> dict:
+    """One model's row; `baseline`: the scratch_* numbers of its architecture if already measured. The
+    times of its pretraining and evaluation are kept in the run's bench_times.json, for a later call."""
+    times_file = run / "bench_times.json"
+    times = read_json(times_file) if times_file.exists() else {}
     if not (run / "model.safetensors").exists():
         tree = {"model": cfg, "train": {"steps": steps, "batch_size": 100, "lr": 1e-3, "progress": False},
                 "eval": {"finetune": True, "finetune_epochs": args.finetune_epochs,
-                         "finetune_patience": args.patience}}
+                         "finetune_patience": args.patience, "finetune_scratch": baseline is None}}
         t0, c0 = time.perf_counter(), time.process_time()
         train(make_run_config(model, entry(model).config_class, tree), run)
         times = {"pretrain_wall_s": round(time.perf_counter() - t0, 1),
                  "pretrain_cpu_s": round(time.process_time() - c0, 1)}
+        write_json(times_file, times)
     if (run / "eval.json").exists() and "finetune_test_error" in read_json(run / "eval.json"):
         res = read_json(run / "eval.json")
     else:
         t0, c0 = time.perf_counter(), time.process_time()
         res = evaluate(run)
         times.update(eval_wall_s=round(time.perf_counter() - t0, 1), eval_cpu_s=round(time.process_time() - c0, 1))
+        write_json(times_file, times)
     row = {"model": model, "config": cfg, "pretrain_steps": steps, **times}
+    res = {**res, **(baseline or {})}
     for prefix in ("finetune", "scratch", "logreg"):
         row[f"{prefix}_test_error_pct"] = round(100 * res[f"{prefix}_test_error"], 2)
         row[f"{prefix}_val_error_pct"] = round(100 * res[f"{prefix}_val_error"], 2)
@@ -111,11 +122,17 @@ def main() -> None:
     todo = runs(args.epochs, args.layer_epochs)
     budget = {"pretrain_epochs": args.epochs, "layer_epochs": args.layer_epochs,
               "finetune_epochs": args.finetune_epochs, "patience": args.patience, "threads": torch.get_num_threads()}
-    table = {}
+    table, baseline = {}, None
     for name, (model, cfg, steps) in todo.items():
         if args.models and name not in args.models:
             continue
-        table[name] = measure(args.out / name, model, cfg, steps, args)
+        shared = name in ONE_BASELINE
+        table[name] = measure(args.out / name, model, cfg, steps, args, baseline if shared else None)
+        if shared and baseline is None:
+            baseline = {k: v for k, v in read_json(args.out / name / "eval.json").items() if k.startswith("scratch_")}
+            baseline["scratch_from"] = name
+        if shared:
+            table[name]["scratch_from"] = baseline["scratch_from"]
         table[name]["paper_error_pct"] = PAPERS.get(name, {})
         print(name, table[name], flush=True)
         write_result(__file__, {"budget": budget, "models": table, "left_out": [m for m in todo if m not in table]})

@@ -157,6 +157,9 @@ class EvalConfig:
     # plain SGD's learning rate (as the papers)
     finetune_lr: float = number(0.1, 0.0, 10.0, lo_open=True, when="finetune=true")
     finetune_batch_size: int = number(20, 1, when="finetune=true")  # examples per SGD step of fine-tuning
+    # also train the same network from random weights, the baseline of fine-tuning (off: models sharing one
+    # architecture need it once)
+    finetune_scratch: bool = used_when(True, "finetune=true")
 
 
 @dataclass

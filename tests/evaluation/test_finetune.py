@@ -86,6 +86,26 @@ def test_finetuning_leaves_the_trained_model_untouched_and_solves_a_separable_pr
     assert again == finetune_and_scratch(model, train, val, test, epochs=3, patience=3, lr=0.1)  # deterministic
 
 
+def test_one_architecture_one_baseline_so_it_can_be_skipped():
+    """ae, dae, cae and sparse_ae of one shape train the same fresh network: eval.finetune_scratch=false
+    loses nothing where another of them measured it, and leaves the fine-tuned numbers as they were."""
+    ds = dataset()
+    train = Batches(ds, "train", 10, seed=0)
+    val, test = (Batches(ds, s, 30, shuffle=False) for s in ("val", "test"))
+    shape = {"data_shape": (12,), "hidden": (), "latent_dim": 8, "code_activation": "sigmoid"}
+    results = {}
+    for name in ("ae", "dae", "cae", "sparse_ae"):
+        torch.manual_seed(len(name))  # each model trained apart: different pretrained weights
+        results[name] = finetune_and_scratch(aezoo.build(name, **shape), train, val, test, epochs=2, patience=2,
+                                             lr=0.3)
+    scratch = {name: {k: v for k, v in r.items() if k.startswith("scratch_")} for name, r in results.items()}
+    assert len(scratch["ae"]) == 4 and all(s == scratch["ae"] for s in scratch.values())
+    torch.manual_seed(3)
+    alone = finetune_and_scratch(aezoo.build("cae", **shape), train, val, test, epochs=2, patience=2, lr=0.3,
+                                 scratch=False)
+    assert alone == {k: v for k, v in results["cae"].items() if k.startswith("finetune_")}
+
+
 def test_early_stopping_keeps_the_best_epoch():
     net = torch.nn.Linear(1, 1, bias=False)
     stop = EarlyStopping(patience=2)

@@ -12,7 +12,9 @@ random weights, and logistic regression on the frozen features.
   stopping as in the papers; their learning rates and epochs were chosen on validation, here they are
   set). The trained model itself is never changed: a copy is fine-tuned.
 - From scratch: `FeatureEncoder.fresh()`, the same network with new random weights, trained the same
-  way on the same batches. The difference of the two test errors is what pretraining gave.
+  way on the same batches. The difference of the two test errors is what pretraining gave. Models of one
+  architecture get the same fresh network (it depends on the config's shapes and the seed only), so
+  eval.finetune_scratch=false skips it where another model's evaluation has measured it.
 - Logistic regression on frozen features (Makhzani & Frey 2014, table 1): multinomial logistic
   regression on `encode(x)` of the whole training split, its L2 weight chosen among LOGREG_L2 by the
   error on the validation split; the fit is the linear probe's (`features.fit_linear_probe`:
@@ -135,13 +137,13 @@ def logistic_regression(ctx: EvalContext, val: Batches) -> dict:
 
 
 def finetune_and_scratch(model: FeatureEncoder, train: Batches, val: Batches, test: Batches, epochs: int,
-                         patience: int, lr: float, progress=lambda it, desc: it) -> dict:
-    """finetune_* and scratch_*: a copy of `model` with a softmax layer fine-tuned, then the same network
-    from fresh weights trained alike (module docstring); `model` is left as it was."""
+                         patience: int, lr: float, progress=lambda it, desc: it, scratch: bool = True) -> dict:
+    """finetune_* and (with `scratch`) scratch_*: a copy of `model` with a softmax layer fine-tuned, then
+    the same network from fresh weights trained alike (module docstring); `model` is left as it was."""
     x0 = train.get(0)
     classes = int(max(int(train.ds.labels[s].max()) for s in (train.split, val.split, test.split))) + 1
     out = {}
-    for name, seed in (("finetune", 1), ("scratch", 2)):
+    for name, seed in (("finetune", 1), ("scratch", 2))[: 2 if scratch else 1]:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(mix_seed(EVAL_SEED, seed))
             encoder = copy.deepcopy(model) if name == "finetune" else model.fresh()
@@ -169,7 +171,7 @@ def finetune(ctx: EvalContext) -> dict:
     train = Batches(ds, "train", e.finetune_batch_size, binarize, seed=EVAL_SEED, shuffle=True)
     val = Batches(ds, "val", e.batch_size, binarize, seed=EVAL_SEED, shuffle=False)
     out = finetune_and_scratch(ctx.model, train, val, ctx.batches(), e.finetune_epochs, e.finetune_patience,
-                               e.finetune_lr, ctx.progress)
+                               e.finetune_lr, ctx.progress, e.finetune_scratch)
     out.update(logistic_regression(ctx, val))
     if ctx.split == "val":
         out["notes"] = ["eval.split=val: the fine-tuning errors are measured on the split that chose their "
