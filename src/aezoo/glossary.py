@@ -65,7 +65,11 @@ KEYS: dict[str, Key] = {
     "dci_disentanglement": Key("", "higher", "DCI disentanglement (Eastwood & Williams 2018): each code predicts "
                                "one factor"),
     "dci_completeness": Key("", "higher", "DCI completeness: each factor is captured by one code"),
-    "dci_informativeness": Key("", "higher", "DCI informativeness: accuracy of predicting the factors from the codes"),
+    "dci_informativeness": Key("", "higher", "DCI informativeness: how well the codes predict the factors, averaged "
+                               "over factors: test R^2 of the regressors (metric_protocol papers) or test accuracy "
+                               "of the gradient-boosted classifiers (dlib)"),
+    "metric_protocol": Key("", "", "the disentanglement metrics' estimators: papers (each as its paper defines it) "
+                           "or dlib (disentanglement_lib's, as Locatello et al. 2019's tables)"),
     "sap": Key("", "higher", "separated attribute predictability (Kumar et al. 2018)"),
     "metric_samples": Key("images", "", "images drawn from the factor grid for the disentanglement metrics"),
     "retrieval_p10_euclidean": Key("fraction", "higher", "precision@10: share of a test example's 10 nearest "
