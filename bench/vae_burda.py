@@ -11,6 +11,7 @@ segments (raise train.epochs, resume) gives exactly the run that one call would;
 interrupted benchmark continues from its run folder and the curve measured so far.
 
     .venv/bin/python bench/vae_burda.py --epochs 30 [--iwae-k 5] [--out /tmp/bench_vae]
+    .venv/bin/python bench/vae_burda.py --plot     # bench/vae_burda_curve.png from the JSON results only
 
 The result names the pieces of training (each `aezoo resume` starts one) with their steps and wall time.
 """
@@ -24,7 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import matplotlib
 import torch
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from aezoo.config import make_run_config, merge, parse_overrides, read_config_file  # noqa: E402
@@ -35,6 +40,7 @@ from common import pieces, write_result  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
 # Burda et al. 2016, table 1 (one stochastic layer): test NLL after 3,280 epochs, by the k trained on
+TOP = 130  # the plot's NLL axis stops here, so that the last epochs' differences show
 ANCHORS = {None: 86.76, 1: 86.76, 5: 85.54, 50: 84.78}
 
 
@@ -50,6 +56,35 @@ def test_nll(run: Path, k: int, n: int) -> float:
     return total / len(dataset.x["test"])
 
 
+def plot_curves() -> Path:
+    """bench/vae_burda_curve.png: the curve of each result JSON (the VAE's, and each IWAE's) against epochs
+    on a log axis, each anchor dashed."""
+    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    for path, colour in zip(sorted(ROOT.glob("bench/vae_burda*.json")), ("tab:blue", "tab:orange", "tab:green")):
+        result = json.loads(path.read_text())
+        label = f"IWAE, k = {result['iwae_k']}" if result.get("iwae_k") else "VAE"
+        ax.plot([c["epoch"] for c in result["curve"]], [c["nll_k1000_first2000"] for c in result["curve"]], "o-",
+                color=colour, label=f"{label} (k = 1000, first 2,000 test images)")
+        if result.get("test_nll") is not None:
+            ax.plot([result["budget_epochs"]], [result["test_nll"]], "*", markersize=12, color=colour,
+                    label=f"{label}: {result['test_nll']:.2f} (k = {result['test_nll_k']}, all 10,000)")
+        ax.axhline(result["anchor_nll"], ls="--", lw=0.8, color=colour)
+        ax.annotate(f"Burda et al., {label}, 3,280 epochs: {result['anchor_nll']}", (0.01, result["anchor_nll"]),
+                    color=colour, xycoords=("axes fraction", "data"), ha="left", va="bottom", fontsize=8)
+        hidden = [c for c in result["curve"] if c["nll_k1000_first2000"] > TOP]
+        if hidden:
+            ax.annotate(", ".join(f"epoch {c['epoch']}: {c['nll_k1000_first2000']:.1f}" for c in hidden) + " (above)",
+                        (hidden[-1]["epoch"], TOP), color=colour, ha="left", va="top", fontsize=8)
+    ax.set(xscale="log", xlabel="epochs (60,000 images each; the staged schedule)", ylabel="test NLL (nats)",
+           title="Burda et al. (2016)'s MNIST network, one CPU core")
+    ax.set_ylim(top=min(ax.get_ylim()[1], TOP))
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    out = ROOT / "bench" / "vae_burda_curve.png"
+    fig.savefig(out, dpi=90)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--epochs", type=int, default=30)
@@ -57,7 +92,11 @@ def main() -> None:
     p.add_argument("--final-k", type=int, default=5000, help="k of the final NLL on all test images (0: none)")
     p.add_argument("--iwae-k", type=int, default=None, help="train on the IWAE bound with this k instead")
     p.add_argument("--out", default=None, help="folder of the run folder (default: a temporary one)")
+    p.add_argument("--plot", action="store_true", help="only draw bench/vae_burda_curve.png from the JSON results")
     args = p.parse_args()
+    if args.plot:
+        print(plot_curves())
+        return
 
     config_file = "configs/iwae_burda2015.toml" if args.iwae_k else "configs/vae_burda2015.toml"
     tree = read_config_file(ROOT / config_file)
@@ -113,6 +152,7 @@ def main() -> None:
     }
     print(json.dumps(result, indent=2))
     write_result(__file__, result, f"vae_burda_{name}" if args.iwae_k else None)
+    plot_curves()
 
 
 if __name__ == "__main__":
