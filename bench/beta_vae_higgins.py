@@ -41,8 +41,7 @@ from common import pieces, write_result
 
 ROOT = Path(__file__).parents[1]
 CONFIG = ROOT / "configs" / "beta_vae_higgins2017.toml"
-SCORES = ("betavae_score", "factorvae_score", "mig", "dci_disentanglement", "dci_completeness", "sap",
-          "modularity", "explicitness")
+SCORES = ("betavae_score", "factorvae_score", "mig", "dci_disentanglement", "dci_completeness", "sap")
 OTHER = ("recon_bce", "neg_elbo", "active_units", "kl_per_dim")
 ANCHORS = {"4": 0.9923, "1": 0.6158}  # Higgins et al. 2017, sec. 4.2: the beta-VAE metric on dSprites
 
@@ -89,7 +88,7 @@ def collect(out: Path) -> None:
     if not runs:
         raise SystemExit(f"no runs with a curve under {out}")
     fig, axes = plt.subplots(2, 4, figsize=(16, 7), constrained_layout=True)
-    for ax, key in zip(axes.flat, SCORES):
+    for ax, key in zip(axes.flat, (*SCORES, "recon_bce", "active_units")):
         for name, r in runs.items():
             pts = [(c["step"], c[key]) for c in r["curve"] if key in c]
             if pts:
