@@ -60,7 +60,8 @@ def plot_curves() -> Path:
     """bench/vae_burda_curve.png: the curve of each result JSON (the VAE's, and each IWAE's) against epochs
     on a log axis, each anchor dashed."""
     fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
-    for path, colour in zip(sorted(ROOT.glob("bench/vae_burda*.json")), ("tab:blue", "tab:orange", "tab:green")):
+    paths = sorted(ROOT.glob("bench/vae_burda*.json"))
+    for i, (path, colour) in enumerate(zip(paths, ("tab:blue", "tab:orange", "tab:green"))):
         result = json.loads(path.read_text())
         label = f"IWAE, k = {result['iwae_k']}" if result.get("iwae_k") else "VAE"
         ax.plot([c["epoch"] for c in result["curve"]], [c["nll_k1000_first2000"] for c in result["curve"]], "o-",
@@ -70,11 +71,12 @@ def plot_curves() -> Path:
                     label=f"{label}: {result['test_nll']:.2f} (k = {result['test_nll_k']}, all 10,000)")
         ax.axhline(result["anchor_nll"], ls="--", lw=0.8, color=colour)
         ax.annotate(f"Burda et al., {label}, 3,280 epochs: {result['anchor_nll']}", (0.01, result["anchor_nll"]),
-                    color=colour, xycoords=("axes fraction", "data"), ha="left", va="bottom", fontsize=8)
+                    color=colour, xycoords=("axes fraction", "data"), ha="left", va="top" if i else "bottom",
+                    fontsize=8)
         hidden = [c for c in result["curve"] if c["nll_k1000_first2000"] > TOP]
         if hidden:
             ax.annotate(", ".join(f"epoch {c['epoch']}: {c['nll_k1000_first2000']:.1f}" for c in hidden) + " (above)",
-                        (hidden[-1]["epoch"], TOP), color=colour, ha="left", va="top", fontsize=8)
+                        (hidden[-1]["epoch"], TOP - 3 * i), color=colour, ha="left", va="top", fontsize=8)
     ax.set(xscale="log", xlabel="epochs (60,000 images each; the staged schedule)", ylabel="test NLL (nats)",
            title="Burda et al. (2016)'s MNIST network, one CPU core")
     ax.set_ylim(top=min(ax.get_ylim()[1], TOP))
