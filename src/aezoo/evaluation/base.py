@@ -8,17 +8,25 @@ says otherwise (the reduction convention of `distributions`).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 from ..config import RunConfig
 from ..data import EVAL_SEED, Batches, Dataset, prepare
 from ..progress import progress
 from ..runfolder import RunFolder
 
-__all__ = ["EVAL_SEED", "EvalContext", "Evaluator", "EVALUATORS", "evaluator"]
+__all__ = ["EVAL_SEED", "EvalContext", "Evaluator", "EVALUATORS", "cpu_inference", "evaluator", "inference"]
+
+# Transposed convolutions to at most this many channels (a decoder's last layer) run on PyTorch's own
+# kernel on the CPU: oneDNN's costs about as much for 1 output channel as for 16, PyTorch's grows with
+# them and is the faster one up to about 4 (bench/eval_speed.py's docstring).
+FEW_CHANNELS = 4
 
 
 @dataclass
@@ -60,6 +68,49 @@ class EvalContext:
 
     def progress(self, iterable, desc: str):
         return progress(iterable, desc)
+
+
+@contextlib.contextmanager
+def cpu_inference(model: nn.Module):
+    """On the CPU, for the duration of the block: the model's 4-d weights in channels-last layout, the
+    one oneDNN's convolutions compute in, so that their activations are not reordered before and after
+    every layer; and transposed convolutions to at most FEW_CHANNELS channels computed by PyTorch's own
+    kernel. Only the layout changes, not a weight's value; on exit the weights are contiguous again.
+    Outputs agree with the plain path's to float rounding. Nothing changes on other devices."""
+    weight = next(model.parameters(), None)
+    if weight is None or weight.device.type != "cpu":
+        yield
+        return
+    narrow = [m for m in model.modules() if isinstance(m, nn.ConvTranspose2d) and m.out_channels <= FEW_CHANNELS]
+    for m in narrow:
+        m.forward = functools.partial(_without_onednn, m)
+    model.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        model.to(memory_format=torch.contiguous_format)
+        for m in narrow:
+            del m.forward
+
+
+def _without_onednn(conv: nn.ConvTranspose2d, x: torch.Tensor, output_size=None) -> torch.Tensor:
+    enabled = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        return nn.ConvTranspose2d.forward(conv, x, output_size)
+    finally:
+        torch.backends.mkldnn.enabled = enabled
+
+
+def inference(run: Callable[[EvalContext], dict]) -> Callable[[EvalContext], dict]:
+    """An evaluator that only runs its model forward: under torch.no_grad and `cpu_inference`."""
+
+    @functools.wraps(run)
+    def wrapped(ctx: EvalContext) -> dict:
+        with torch.no_grad(), cpu_inference(ctx.model):
+            return run(ctx)
+
+    return wrapped
 
 
 @dataclass(frozen=True)

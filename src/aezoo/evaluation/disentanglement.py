@@ -18,7 +18,7 @@ import torch
 
 from ..data.dsprites import factor_grid
 from ..metrics import dlib, scores
-from .base import EVAL_SEED, EvalContext, evaluator
+from .base import EVAL_SEED, EvalContext, cpu_inference, evaluator
 
 VARYING = 0.01  # a code's variance over the data above which it carries information (as active units)
 # Images rendered and encoded at once on the CPU: a conv encoder's first activations for 128 dSprites
@@ -33,8 +33,9 @@ def encode_grid_sample(model, grid, n: int, batch_size: int, seed: int = EVAL_SE
     factors = grid.sample(n, torch.Generator().manual_seed(seed))
     device = next(model.parameters()).device
     chunk = min(batch_size, CPU_CHUNK) if device.type == "cpu" else batch_size
-    codes = [model.encode(grid.images(part, device).float()).flatten(1).double().cpu()
-             for part in progress(factors.split(chunk), f"disentanglement: encoding {n:,} images")]
+    with cpu_inference(model):
+        codes = [model.encode(grid.images(part, device).float()).flatten(1).double().cpu()
+                 for part in progress(factors.split(chunk), f"disentanglement: encoding {n:,} images")]
     return torch.cat(codes).numpy(), factors.numpy()
 
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from ..models.capabilities import Denoising
 from ..models.regularised import SparseAE
 from ..plots import save_histogram
-from .base import EVAL_SEED, EvalContext, evaluator
+from .base import EVAL_SEED, EvalContext, evaluator, inference
 from .reconstruction import psnr
 
 K_NEIGHBOURS = 10
@@ -34,10 +34,11 @@ MAX_TRAIN_NUMBERS = 2**27  # fewer training codes for very wide codes (flattened
 
 
 def fit_linear_probe(train: torch.Tensor, train_y: torch.Tensor, classes: int, iters: int = LINEAR_ITERS,
-                     l2: float = LINEAR_L2):
+                     l2: float = LINEAR_L2, bar=None):
     """Softmax regression fitted to codes `train` (N, F) with integer labels `train_y` (N,) in
     [0, classes): mean cross-entropy + l2/2 ||W||^2 minimised by L-BFGS, on codes standardised with the
-    training codes' statistics. Returns the classifier: codes (Q, F) -> predicted labels (Q,)."""
+    training codes' statistics. Returns the classifier: codes (Q, F) -> predicted labels (Q,). `bar`, a
+    progress bar (`progress.progress`), counts the evaluations of the loss."""
     mean, std = train.mean(0), train.std(0)
     std = torch.where(std > 1e-6, std, torch.ones_like(std))  # constant features (dead units) stay 0
     a = (train - mean) / std
@@ -50,19 +51,23 @@ def fit_linear_probe(train: torch.Tensor, train_y: torch.Tensor, classes: int, i
         opt.zero_grad()
         loss = F.cross_entropy(a @ w + bias, train_y) + 0.5 * l2 * w.pow(2).sum()
         loss.backward()
+        if bar is not None:
+            bar.update(1)
         return loss
 
     with torch.enable_grad():
         opt.step(closure)
+    if bar is not None:
+        bar.close()
     w, bias = w.detach(), bias.detach()
     return lambda codes: (((codes - mean) / std) @ w + bias).argmax(1)
 
 
 def linear_probe_accuracy(train: torch.Tensor, train_y: torch.Tensor, test: torch.Tensor, test_y: torch.Tensor,
-                          iters: int = LINEAR_ITERS, l2: float = LINEAR_L2) -> float:
+                          iters: int = LINEAR_ITERS, l2: float = LINEAR_L2, bar=None) -> float:
     """Accuracy on (test, test_y) of the softmax regression `fit_linear_probe` fits to (train, train_y)."""
     classes = int(max(train_y.max(), test_y.max())) + 1
-    predict = fit_linear_probe(train, train_y, classes, iters, l2)
+    predict = fit_linear_probe(train, train_y, classes, iters, l2, bar)
     with torch.no_grad():
         return float((predict(test) == test_y).float().mean())
 
@@ -100,7 +105,7 @@ def labelled(model, ds) -> bool:
 
 
 @evaluator(labelled)
-@torch.no_grad()
+@inference
 def feature_probes(ctx: EvalContext) -> dict:
     """probe_linear_acc and probe_knn_acc of the model's codes (module docstring)."""
     ds, e = ctx.dataset, ctx.cfg.eval
@@ -113,12 +118,13 @@ def feature_probes(ctx: EvalContext) -> dict:
     train_y = ds.labels["train"][:n].long()
     test_y = test_y[: len(test)].long()
     knn = float((knn_predict(train, train_y, test) == test_y).float().mean())
-    return {"probe_linear_acc": linear_probe_accuracy(train, train_y, test, test_y), "probe_knn_acc": knn,
+    bar = ctx.progress(None, f"linear probe on {len(train):,} x {train.shape[1]:,} codes: L-BFGS loss evaluations")
+    return {"probe_linear_acc": linear_probe_accuracy(train, train_y, test, test_y, bar=bar), "probe_knn_acc": knn,
             "probe_train_examples": len(train)}
 
 
 @evaluator(lambda model, ds: ds.kind in ("image", "vector") and isinstance(model, Denoising))
-@torch.no_grad()
+@inference
 def denoising(ctx: EvalContext) -> dict:
     """denoise_psnr: PSNR of the reconstructions of corrupted inputs against the clean ones;
     corrupted_psnr: PSNR of the corrupted inputs themselves (what denoising starts from). The
@@ -135,7 +141,7 @@ def denoising(ctx: EvalContext) -> dict:
 
 
 @evaluator(lambda model, ds: isinstance(model, SparseAE) and ds.kind in ("image", "vector"))
-@torch.no_grad()
+@inference
 def activation_histograms(ctx: EvalContext) -> dict:
     """plots/activations.png (every activation of the penalised layers) and plots/unit_means.png (each
     unit's mean activation rho_hat_j, which the penalty pulls to rho), over the evaluated split;

@@ -7,13 +7,13 @@ import torch
 from ..data import value_kind
 from ..distributions import Bernoulli
 from ..models.capabilities import LikelihoodBound
-from .base import EvalContext, evaluator
+from .base import EvalContext, evaluator, inference
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016, sec. 5.2
 
 
 @evaluator(lambda model, ds: isinstance(model, LikelihoodBound))
-@torch.no_grad()
+@inference
 def likelihood(ctx: EvalContext) -> dict:
     """neg_elbo (one sample of z per example), the IWAE estimate of -log p(x) with k = eval.nll_k
     samples (Burda et al. 2016, eq. 8), the KL per latent unit, and the active units

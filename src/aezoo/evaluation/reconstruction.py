@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import math
 
-import torch
-
-from .base import EvalContext, evaluator
+from .base import EvalContext, evaluator, inference
 
 
 def psnr(mse_per_dim: float) -> float:
@@ -15,7 +13,7 @@ def psnr(mse_per_dim: float) -> float:
 
 
 @evaluator(lambda model, ds: ds.kind in ("image", "vector"))
-@torch.no_grad()
+@inference
 def reconstruction(ctx: EvalContext) -> dict:
     """recon_mse: squared error summed over data dimensions. For data in [0, 1] (images, and vectors that
     lie there) also psnr, from the mean squared error per dimension, and recon_bce, the Bernoulli
