@@ -10,7 +10,7 @@ import torch
 
 from aezoo.distributions import standard_normal_log_prob
 from aezoo.evaluation.base import FEW_CHANNELS, cpu_inference
-from aezoo.evaluation.features import fit_linear_probe
+from aezoo.evaluation.features import LINEAR_ITERS, LINEAR_L2, fit_linear_probe
 from aezoo.models import vae as vae_module
 from aezoo.registry import build
 
@@ -156,3 +156,38 @@ def test_the_linear_probe_shows_each_loss_evaluation():
         predict = fit_linear_probe(codes, labels, 2, bar=bar)
     assert bar.n == len(calls) > 1 and bar.closed
     assert (predict(codes) == fit_linear_probe(codes, labels, 2)(codes)).all()  # the bar changes nothing
+
+
+def _plain_probe(train, train_y, classes, iters=LINEAR_ITERS, l2=LINEAR_L2):
+    """The probe as first written: w (width, classes), logits a @ w + b."""
+    mean, std = train.mean(0), train.std(0)
+    std = torch.where(std > 1e-6, std, torch.ones_like(std))
+    a = (train - mean) / std
+    w = torch.zeros(a.shape[1], classes, requires_grad=True)
+    bias = torch.zeros(classes, requires_grad=True)
+    opt = torch.optim.LBFGS([w, bias], lr=1, max_iter=iters, history_size=20, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-6, tolerance_change=1e-9)
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(a @ w + bias, train_y) + 0.5 * l2 * w.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return lambda codes: (((codes - mean) / std) @ w.detach() + bias.detach()).argmax(1)
+
+
+def test_the_linear_probe_in_linear_layout_fits_what_the_plain_one_fits():
+    """Three overlapping classes in 20 dimensions (one constant), a strong L2 so that the penalty shapes the
+    boundaries: the probe's predictions on 4,000 new codes are those of the (width, classes) form, up to
+    the L-BFGS path's rounding."""
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 20, generator=g)
+    y = torch.randint(0, 3, (400,), generator=g)
+    train = centres[y] + 1.5 * torch.randn(400, 20, generator=g)
+    train[:, 7] = 2.0
+    new = centres[torch.randint(0, 3, (4000,), generator=g)] + 1.5 * torch.randn(4000, 20, generator=g)
+    plain = _plain_probe(train, y, 3, iters=100, l2=0.05)
+    fast = fit_linear_probe(train, y, 3, iters=100, l2=0.05)
+    assert float((fast(new) == plain(new)).float().mean()) >= 0.999

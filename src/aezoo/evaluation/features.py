@@ -42,14 +42,17 @@ def fit_linear_probe(train: torch.Tensor, train_y: torch.Tensor, classes: int, i
     mean, std = train.mean(0), train.std(0)
     std = torch.where(std > 1e-6, std, torch.ones_like(std))  # constant features (dead units) stay 0
     a = (train - mean) / std
-    w = torch.zeros(a.shape[1], classes, device=a.device, requires_grad=True)
+    # w is (classes, width), nn.Linear's layout: the gradient of a w^T is then the product (classes, N) (N,
+    # width); a (width, classes) w makes autograd form (width, N) (N, classes) from a transposed view of the
+    # codes, which MKL computes about 10x slower on one thread (bench/eval_speed.py). The same problem.
+    w = torch.zeros(classes, a.shape[1], device=a.device, requires_grad=True)
     bias = torch.zeros(classes, device=a.device, requires_grad=True)
     opt = torch.optim.LBFGS([w, bias], lr=1, max_iter=iters, history_size=20, line_search_fn="strong_wolfe",
                             tolerance_grad=1e-6, tolerance_change=1e-9)
 
     def closure():
         opt.zero_grad()
-        loss = F.cross_entropy(a @ w + bias, train_y) + 0.5 * l2 * w.pow(2).sum()
+        loss = F.cross_entropy(F.linear(a, w, bias), train_y) + 0.5 * l2 * w.pow(2).sum()
         loss.backward()
         if bar is not None:
             bar.update(1)
@@ -60,7 +63,7 @@ def fit_linear_probe(train: torch.Tensor, train_y: torch.Tensor, classes: int, i
     if bar is not None:
         bar.close()
     w, bias = w.detach(), bias.detach()
-    return lambda codes: (((codes - mean) / std) @ w + bias).argmax(1)
+    return lambda codes: F.linear((codes - mean) / std, w, bias).argmax(1)
 
 
 def linear_probe_accuracy(train: torch.Tensor, train_y: torch.Tensor, test: torch.Tensor, test_y: torch.Tensor,
