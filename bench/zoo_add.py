@@ -80,7 +80,8 @@ def budget_of(folder: Path) -> dict:
 
 def describe_budget(b: dict) -> str:
     steps = f"{b['steps']:,} steps" if b["steps"] is not None else "steps not logged"
-    epochs = f" ({b['epochs']:g} epochs)" if isinstance(b.get("epochs"), (int, float)) else ""
+    e = b.get("epochs")
+    epochs = f" ({f'{e:,.0f}' if e >= 100 else f'{e:.3g}'} epochs)" if isinstance(e, (int, float)) else ""
     wall = f", {duration(b['wall_s'])}" if b["wall_s"] is not None else ""
     n = len(b["pieces"])
     return f"{steps}{epochs} of batch {b['batch_size']}{wall}" + (f" in {n} pieces" if n > 1 else "")
@@ -198,7 +199,7 @@ def reproduction_rows(name: str, info: dict, results: dict) -> list[str]:
     budget = describe_budget(b) + (f"; prior {describe_budget(b['prior'])}" if "prior" in b else "")
     budget += f"; {info['machine']}"
     command = "; ".join(f"`{c}`" for c in info["commands"])
-    return [f"| `{name}` ({info['model']}) | {info['data']} | `{key}` ({unit(key)}) | "
+    return [f"| `{name}` ({info['model']}) | {info['data']} | `{key}`{f' ({unit(key)})' if unit(key) else ''} | "
             f"{zoo.format_value(results[key])} | {info['references'].get(key, 'none published')} | {budget} | "
             f"{command} |" for key in info["headline"]]
 
