@@ -27,11 +27,11 @@ from ..models.priors import CodePrior
 from ..models.vqvae2 import VQVAE2
 from ..plots import save_bar_plot
 from ..quantize import perplexity, usage
-from .base import EvalContext, evaluator, inference
+from .base import EvalContext, evaluator
 
 
 @evaluator(lambda model, ds: isinstance(model, CodeModel))
-@inference
+@torch.no_grad()
 def codebook_health(ctx: EvalContext) -> dict:
     """codebook_usage: fraction of the K codes chosen at least once on the split; codebook_perplexity:
     exp of the entropy of the codes' frequencies (K if all are used equally). One number per level
@@ -60,7 +60,7 @@ def _discrete_likelihood(model, binarize: str) -> bool:
 
 
 @evaluator(lambda model, ds: isinstance(model, CodeModel) and model.prior is not None)
-@inference
+@torch.no_grad()
 def bits_per_dim(ctx: EvalContext) -> dict:
     """-log p(x) <= -log p_prior(codes) - log p(x | codes) in bits per data dimension (module docstring)."""
     model = ctx.model
@@ -82,7 +82,7 @@ def bits_per_dim(ctx: EvalContext) -> dict:
 
 
 @evaluator(lambda model, ds: isinstance(model, CodePrior))
-@inference
+@torch.no_grad()
 def code_nll(ctx: EvalContext) -> dict:
     """For a prior's own run folder: -log p(codes) per example (nats) and per code (bits)."""
     nll, n = 0.0, 0
@@ -95,7 +95,7 @@ def code_nll(ctx: EvalContext) -> dict:
 
 
 @evaluator(lambda model, ds: isinstance(model, VQVAE2))
-@inference
+@torch.no_grad()
 def top_only_reconstruction(ctx: EvalContext) -> dict:
     """recon_mse_top_only: squared error (summed over data dimensions) of reconstructions from the top
     codes alone, the bottom map filled with the expected bottom code (beside recon_mse, both levels)."""
