@@ -1,24 +1,41 @@
-"""Wall time of `aezoo eval`, stage by stage, before and after the work of issue 18.
+"""Time of `aezoo eval`, stage by stage, before and after the work of issue 18: wall seconds and the
+process's CPU seconds (time.process_time, one thread: what a shared machine's load does not stretch).
 
 "Before" is the code of commit bd434a7, "after" this checkout; both run here, in turn, on the same run
 folders, as subprocesses importing aezoo from their own source tree (--base-src: a worktree of bd434a7,
 `git worktree add BASE bd434a7`). Each subprocess does what `evaluate` does (the run loaded, the
 evaluators that apply run in order from torch.manual_seed(EVAL_SEED)) and times every evaluator, on
-the first --limit examples of the evaluated split (the probes' training codes and the disentanglement
-metrics' factor-grid samples keep their configured sizes):
+the first --limit examples of the evaluated split (the disentanglement metrics' factor-grid samples
+keep their configured size):
 
   - the VAE's IWAE estimate of -log p(x) at k = 5000 (--vae RUN, eval.nll_k set to 5000), the
     `likelihood` evaluator alone, on the first --iwae-limit test images; both versions draw the same
     z from the same seed, so their estimates differ only by float rounding, and the spread of the
-    per-example estimates (standard error of the mean) is given beside them;
+    per-example estimates (standard error of the mean) is given beside them (after the timing);
   - vqvae2 with its PixelSNAIL priors on MNIST (--vqvae2 RUN; --skip leaves evaluators out);
+  - vqvae2's `feature_probes` alone (--vqvae2-probes RUN), on --probe-train training codes (10,000 in
+    the config; fewer here to fit the session's CPU share), 8,192 wide;
   - beta_vae on dSprites (--beta-vae RUN).
 
 One torch thread; /proc/loadavg is read before and after each version's run. Cases given to an
 earlier invocation and not to this one are kept from eval_speed.json.
 
     .venv/bin/python bench/eval_speed.py --base-src /work/runs/h18speed/base/src \\
-        --beta-vae /work/runs/h18speed/beta_vae --vqvae2 /work/runs/h18speed/vqvae2 --vae /work/runs/h18speed/vae
+        --beta-vae /work/runs/h18speed/beta_vae --vqvae2 /work/runs/h18speed/vqvae2 --vae /work/runs/h18speed/vae \\
+        --skip feature_probes,retrieval --limit 500 --iwae-limit 100
+    .venv/bin/python bench/eval_speed.py --base-src /work/runs/h18speed/base/src \\
+        --vqvae2-probes /work/runs/h18speed/vqvae2 --limit 500 --probe-train 2000
+
+Measurements behind two choices, one thread, CPU seconds, on this machine (AMD EPYC, AVX-512, torch
+2.13 with oneDNN 3.12 and MKL 2024.2), outside this script:
+  - `evaluation.base.FEW_CHANNELS`: a transposed convolution (4x4, stride 2) of 64 images from 32
+    channels at 32x32 to C channels at 64x64 took, oneDNN / PyTorch's kernel, both channels-last, ms:
+    C = 1: 13.7 / 5.3, 2: 14.0 / 7.5, 3: 13.5 / 10.3, 6: 14.6 / 14.7, 8: 13.6 / 18.5, 16: 14.9 / 55.9,
+    32: 25.6 / 104.9 (oneDNN in PyTorch's default contiguous layout: 14.7 for C = 1, 67.6 for C = 32);
+    from 64 channels at 14x14 to 1 channel at 28x28 (MNIST): 4.1 / 1.4.
+  - the linear probe's weight layout: one loss evaluation (forward and backward) on 10,000 x 8,192
+    codes and 10 classes took 1.07 s with w (8192, 10) and logits a @ w, 0.19 s with w (10, 8192) and
+    F.linear; the difference is autograd's a.T @ grad (0.81 s) against (grad.T @ a).T (0.07 s).
 """
 
 from __future__ import annotations
@@ -72,32 +89,36 @@ from aezoo.evaluation.base import EVAL_SEED
 from aezoo.runfolder import load_run
 torch.set_num_threads(1)
 run, limit, nll_k, only = compatible_copy(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-skip, sem = sys.argv[5].split(","), sys.argv[6] == "sem"
-started = time.perf_counter()
+skip, sem, probe_train = sys.argv[5].split(","), sys.argv[6] == "sem", int(sys.argv[7])
+started, cpu_started = time.perf_counter(), time.process_time()
 model, ds, cfg, folder = load_run(run)
 stages = {"load": time.perf_counter() - started}
+cpu = {"load": time.process_time() - cpu_started}
 split = cfg.eval.split
 for d in (ds.x, ds.labels, ds.factors):
     if split in d:
         d[split] = d[split][:limit]
 if nll_k:
     cfg.eval.nll_k = nll_k
+if probe_train:
+    cfg.eval.probe_train = probe_train
 ctx = EvalContext(model, ds, cfg, split, folder)
 torch.manual_seed(EVAL_SEED)
 results = {}
 per_example = None
 for ev in EVALUATORS:
     if ev.applies(model, ds) and (only == "all" or ev.name == only) and ev.name not in skip:
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         results.update(ev.run(ctx))
-        stages[ev.name] = time.perf_counter() - t
+        stages[ev.name], cpu[ev.name] = time.perf_counter() - t, time.process_time() - c
 if sem:  # the spread of the per-example estimates, from the same seed again
     torch.manual_seed(EVAL_SEED)
     with torch.no_grad():
         per_example = torch.cat([model.nll_iwae(x, cfg.eval.nll_k, cfg.eval.nll_batch) for x in ctx.batches()])
     results["nll_iwae_sem"] = float(per_example.std() / math.sqrt(len(per_example)))
 keep = {k: v for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-print(json.dumps({"stages_s": stages, "total_s": time.perf_counter() - started, "results": keep}))
+print(json.dumps({"stages_s": stages, "total_s": sum(stages.values()), "stages_cpu_s": cpu,
+                  "total_cpu_s": sum(cpu.values()), "results": keep}))
 """
 
 
@@ -105,11 +126,11 @@ def loadavg() -> list[float]:
     return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
 
 
-def run_worker(src: Path, run: str, limit: int, nll_k: int, only: str, skip: str, sem: bool) -> dict:
+def run_worker(src: Path, run: str, limit: int, nll_k: int, only: str, skip: str, sem: bool, probe_train: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
     load = loadavg()
     started = time.perf_counter()
-    argv = [run, str(limit), str(nll_k), only, skip, "sem" if sem else "-"]
+    argv = [run, str(limit), str(nll_k), only, skip, "sem" if sem else "-", str(probe_train)]
     done = subprocess.run([sys.executable, "-c", WORKER, *argv], env=env, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"{src} on {run}:\n{done.stderr[-3000:]}")
@@ -133,29 +154,37 @@ def main() -> None:
     p.add_argument("--beta-vae", help="a beta_vae run on dSprites")
     p.add_argument("--vqvae2", help="a vqvae2 run with its prior")
     p.add_argument("--vae", help="a VAE run on binarised MNIST")
+    p.add_argument("--vqvae2-probes", help="the vqvae2 run again, its feature_probes alone")
+    p.add_argument("--probe-train", type=int, default=2000, help="training codes of the feature probes (that case)")
     p.add_argument("--limit", type=int, default=2000, help="examples of the evaluated split (beta_vae, vqvae2)")
     p.add_argument("--skip", default="", help="evaluators left out for vqvae2, comma-separated (e.g. feature_probes)")
     p.add_argument("--iwae-limit", type=int, default=20, help="test images for the IWAE at k = 5000")
     args = p.parse_args()
     versions = {"before": Path(args.base_src), "after": HERE.parent / "src"}
-    cases = [(name, run, limit, nll_k, only) for name, run, limit, nll_k, only in (
+    cases = [case for case in (
         ("vae_iwae_k5000", args.vae, args.iwae_limit, 5000, "likelihood"),
         ("vqvae2_with_priors", args.vqvae2, args.limit, 0, "all"),
+        ("vqvae2_feature_probes", args.vqvae2_probes, args.limit, 0, "feature_probes"),
         ("beta_vae_dsprites", args.beta_vae, args.limit, 0, "all"),
-    ) if run]
+    ) if case[1]]
     # cases of an earlier invocation that this one does not run again are kept
     previous = HERE / "eval_speed.json"
     rows = json.loads(previous.read_text())["cases"] if previous.exists() else {}
     for name, run, limit, nll_k, only in cases:
         skipped = args.skip.split(",") if args.skip and name == "vqvae2_with_priors" else []
+        probe_train = args.probe_train if only == "feature_probes" else 0
         row = {"run": run, "examples": limit, "skipped": skipped}
+        if probe_train:
+            row["probe_train"] = probe_train
         for v, src in versions.items():
             row[v] = run_worker(src, run, limit, nll_k, only, ",".join(row["skipped"]),
-                                sem=only == "likelihood" and v == "after")
-            print(name, v, round(row[v]["total_s"], 1), json.dumps(rounded(row[v]["stages_s"])), flush=True)
-        row["speedup_total"] = row["before"]["total_s"] / row["after"]["total_s"]
-        row["speedup_by_stage"] = {k: row["before"]["stages_s"][k] / t
-                                   for k, t in row["after"]["stages_s"].items() if k in row["before"]["stages_s"]}
+                                sem=only == "likelihood" and v == "after", probe_train=probe_train)
+            print(name, v, round(row[v]["total_s"], 1), json.dumps(rounded(row[v]["stages_cpu_s"])), flush=True)
+        for unit in ("", "cpu_"):  # wall seconds, and CPU seconds of the process (what the load does not stretch)
+            before, after = row["before"], row["after"]
+            row[f"speedup_{unit}total"] = before[f"total_{unit}s"] / after[f"total_{unit}s"]
+            old = before[f"stages_{unit}s"]
+            row[f"speedup_{unit}by_stage"] = {k: old[k] / t for k, t in after[f"stages_{unit}s"].items() if k in old}
         rows[name] = rounded(row)
         result = {
             "method": "each version in its own process (PYTHONPATH at its src), the evaluators `evaluate` runs, "
