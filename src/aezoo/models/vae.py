@@ -50,7 +50,7 @@ from .base import Loss, Model, check_temperature
 from .capabilities import Generative, LikelihoodBound
 
 # Numbers of decoder output per block of the IWAE's decodings on the CPU (`VAE.log_weights`): 1 MB of
-# float32, 64 decodings of a 64x64 image, whose conv activations (32 channels at 32x32: 16 MB) then stay
+# float32, 64 decodings of a 64x64 image, whose largest conv activation (32 channels at 32x32: 8 MB) then stays
 # in a 32 MB L3 cache from layer to layer, and 334 MNIST decodings of an MLP.
 DECODE_BLOCK = 2**18
 
