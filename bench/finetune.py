@@ -97,7 +97,9 @@ def measure(run: Path, model: str, cfg: dict, steps: int, args, baseline: dict |
         res = evaluate(run)
         times.update(eval_wall_s=round(time.perf_counter() - t0, 1), eval_cpu_s=round(time.process_time() - c0, 1))
         write_json(times_file, times)
-    row = {"model": model, "config": cfg, "pretrain_steps": steps, **times}
+    settings = read_json(run / "config.json")["eval"]  # a run's own budget, should it differ from this call's
+    row = {"model": model, "config": cfg, "pretrain_steps": steps, **times,
+           "finetune_max_epochs": settings["finetune_epochs"], "finetune_patience": settings["finetune_patience"]}
     res = {**res, **(baseline or {})}
     for prefix in ("finetune", "scratch", "logreg"):
         row[f"{prefix}_test_error_pct"] = round(100 * res[f"{prefix}_test_error"], 2)
