@@ -119,7 +119,7 @@ def files_of(run: Path) -> list[str]:
     return keep
 
 
-def check_run(run: Path, headline: list[str]) -> tuple[dict, dict]:
+def check_run(run: Path, headline: list[str]) -> tuple[dict, dict, bool]:
     """(config tree, eval.json) of a run fit for the zoo; refuses one that is not."""
     for f in ("config.json", "model.safetensors"):
         if not (run / f).is_file():
@@ -139,7 +139,7 @@ def check_run(run: Path, headline: list[str]) -> tuple[dict, dict]:
             sample = model.sample(2)
         if not torch.isfinite(sample).all():
             raise AezooError(f"{run}: the model's samples are not finite")
-    return cfg, results
+    return cfg, results, isinstance(model, Generative)
 
 
 def parse_references(items: list[str], headline: list[str]) -> dict[str, str]:
@@ -168,11 +168,12 @@ def table_rows(results: dict) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def readme_text(name: str, info: dict, results: dict) -> str:
+def readme_text(name: str, info: dict, results: dict, generative: bool) -> str:
     b = info["budget"]
     lines = [f"# {name}", "", info["summary"], "",
              f"`{info['model']}` on `{info['data']}`. Use it by name wherever aezoo takes a run folder:", "",
-             "```", f"aezoo sample {name} --out samples.png",
+             "```", (f"aezoo sample {name} --out samples.png" if generative
+                     else f"aezoo encode {name} --split test --out codes.npz   # no prior to sample from"),
              f"aezoo eval {name}      # on a copy in ./runs/zoo/{name}",
              f'python -c "import aezoo; print(aezoo.load(\'{name}\'))"', "```", "",
              "## How it was made", "", "```", *info["commands"], "```", ""]
@@ -232,7 +233,7 @@ def add(args) -> Path:
     headline = args.headline or HEADLINE.get(model_name, [])
     if not headline:
         raise AezooError(f"no default headline keys for {model_name!r}: give --headline KEY")
-    cfg, results = check_run(run, headline)
+    cfg, results, generative = check_run(run, headline)
     files = files_of(run)
     size = sum((run / f).stat().st_size for f in files)
     if size > LIMIT_BYTES:
@@ -258,7 +259,7 @@ def add(args) -> Path:
             (tmp / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(run / f, tmp / f)
         write_json(tmp / "zoo.json", info)
-        (tmp / "README.md").write_text(readme_text(args.name, info, results))
+        (tmp / "README.md").write_text(readme_text(args.name, info, results, generative))
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(tmp, dest)
