@@ -189,6 +189,16 @@ def test_auto_caches_a_folder_only_when_its_pixels_are_large(tmp_path, monkeypat
     assert _images(tmp_path / "img", tmp_path / "c", "auto").mapped == {"train", "val", "test"}
 
 
+@pytest.mark.parametrize("limit", [9, 15])  # 20 pixels: over twice the limit Pillow errs, over it it warns
+@pytest.mark.parametrize("memmap", ["auto", "on", "off"])
+def test_an_image_over_pillows_pixel_limit_is_one_line_on_every_path(tmp_path, monkeypatch, limit, memmap):
+    _folder(tmp_path / "img", n=3)  # 5x4 images
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
+    with pytest.raises(AezooError, match="not a readable image") as e:
+        _images(tmp_path / "img", tmp_path / "c", memmap)
+    assert "\n" not in str(e.value)
+
+
 def test_a_cache_folder_that_cannot_be_written_is_one_line(tmp_path):
     _folder(tmp_path / "img", n=3)
     (tmp_path / "file").write_text("not a folder")

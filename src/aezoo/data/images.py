@@ -81,12 +81,22 @@ def _open(data: bytes):
         raise Unreadable(f"not a {', '.join(FORMATS[:-1])} or {FORMATS[-1]} image") from None
 
 
-def _read(path: Path, size: int):
+@contextlib.contextmanager
+def _reading_image(path: Path):
+    """Errors reading the image at path, a declared size over Pillow's MAX_IMAGE_PIXELS among them, as
+    one line naming it."""
     from PIL import Image
 
     bombs = (Image.DecompressionBombError, Image.DecompressionBombWarning)
     with reading(path, "not a readable image", also=bombs), warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)  # over MAX_IMAGE_PIXELS: refused
+        yield
+
+
+def _read(path: Path, size: int):
+    from PIL import Image
+
+    with _reading_image(path):
         data = path.read_bytes()
         with _open(data) as im:
             file_size = len(data)
@@ -184,7 +194,7 @@ CACHE_VERSION = 1  # bumped when the cache's layout or decoding changes, so old 
 def _pixel_bytes(files: dict[str, list[Path]], size: int) -> int:
     """The bytes the folder's pixels would take, from the first image's header (without decoding it)."""
     first = files["train"][0]
-    with reading(first, "not a readable image"), _open(first.read_bytes()) as im:
+    with _reading_image(first), _open(first.read_bytes()) as im:
         w, h = (size, size) if size else im.size
         channels = 1 if im.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
     return sum(len(f) for f in files.values()) * channels * w * h
