@@ -20,7 +20,9 @@ to each (`scratch_from` names where it was measured).
 
 Each run folder (config.json, model.safetensors, eval.json) is kept under --out/<name>; a run already
 evaluated there is read, not redone, so the script can be stopped and started again. finetune.json is
-written after every model. One thread, CPU:
+written after every model. One thread, CPU (the defaults are the budget of finetune.json; its
+dae_stacked was evaluated with at most 20 fine-tuning epochs and patience 5, set in that run's
+config.json, which each row reports as finetune_max_epochs and finetune_patience):
 
     OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python bench/finetune.py --out /work/runs/finetune
 """
@@ -114,10 +116,10 @@ def measure(run: Path, model: str, cfg: dict, steps: int, args, baseline: dict |
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("/work/runs/finetune"))
-    p.add_argument("--epochs", type=int, default=2, help="pretraining epochs (after the layer-wise stage)")
-    p.add_argument("--layer-epochs", type=int, default=1, help="dae_stacked: greedy pretraining epochs per layer")
-    p.add_argument("--finetune-epochs", type=int, default=4, help="most fine-tuning epochs (eval.finetune_epochs)")
-    p.add_argument("--patience", type=int, default=2, help="eval.finetune_patience")
+    p.add_argument("--epochs", type=int, default=30, help="pretraining epochs (after the layer-wise stage)")
+    p.add_argument("--layer-epochs", type=int, default=5, help="dae_stacked: greedy pretraining epochs per layer")
+    p.add_argument("--finetune-epochs", type=int, default=60, help="most fine-tuning epochs (eval.finetune_epochs)")
+    p.add_argument("--patience", type=int, default=8, help="eval.finetune_patience")
     p.add_argument("--models", nargs="*", help="a subset of the models, by name")
     args = p.parse_args()
     torch.manual_seed(0)

@@ -58,15 +58,19 @@ def _draw_at_once_log_weights(model, x, k, max_decodes):
     return torch.cat(out)
 
 
+def _conv_vae(likelihood="bernoulli", channels=1):
+    torch.manual_seed(0)
+    return build("vae", backbone="conv", hidden=(16,), channels=(4, 8), latent_dim=3, likelihood=likelihood,
+                 data_shape=(channels, 8, 8)).eval()
+
+
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
 @pytest.mark.parametrize("block", [1, 64 * 3, 64 * 11, 10**9])  # rows: 1, 3, 11 decodings of 8x8; everything
 @torch.no_grad()
 def test_blocked_decoding_keeps_the_draws_and_the_weights(monkeypatch, likelihood, block):
     """Blocks of one sample x some examples (B > rows) and of several samples x all examples, the last
     draw smaller than the others (k = 23 in draws of 35 // 7 = 5 samples)."""
-    torch.manual_seed(0)
-    model = build("vae", backbone="conv", hidden=(16,), channels=(4, 8), latent_dim=3, likelihood=likelihood,
-                  data_shape=(1, 8, 8)).eval()
+    model = _conv_vae(likelihood)
     x = (torch.rand(7, 1, 8, 8) < 0.4).float()
     monkeypatch.setattr(vae_module, "DECODE_BLOCK", block)
     torch.manual_seed(1)
@@ -79,12 +83,6 @@ def test_blocked_decoding_keeps_the_draws_and_the_weights(monkeypatch, likelihoo
     torch.manual_seed(1)
     _draw_at_once_log_weights(model, x, 23, 35)
     assert torch.equal(after_blocks, torch.randn(3))  # as many numbers drawn as the plain path draws
-
-
-def _conv_vae(likelihood="bernoulli", channels=1):
-    torch.manual_seed(0)
-    return build("vae", backbone="conv", hidden=(16,), channels=(4, 8), latent_dim=3, likelihood=likelihood,
-                 data_shape=(channels, 8, 8)).eval()
 
 
 @pytest.mark.parametrize("likelihood, channels", [("bernoulli", 1), ("logistic", 3)])
