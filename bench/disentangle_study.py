@@ -15,9 +15,10 @@ Each trained run is evaluated by the disentanglement evaluator twice, with each 
 15,000 grid images (dlib's 10,000 training + 5,000 test examples; eval.metric_samples = 15,000), and by
 the reconstruction evaluator (recon_bce on the 1,000 test images).
 
-Runs live in OUT/s<seed>/<model>, are trained once (a run with model.safetensors is only evaluated)
-and evaluated once (bench_eval.json in the run), in the order seed 0 of every model, then seed 1, ...,
-one torch thread per process. After every run the JSON is rewritten from all the evaluated runs under
+Runs live in OUT/s<seed>/<model>, are trained once (checkpointed every 500 steps: a study stopped midway
+continues each run from its checkpoint when started again with the same arguments) and evaluated once
+(bench_eval.json in the run), in the order seed 0 of every model, then seed 1, ..., one torch thread
+per process. After every run the JSON is rewritten from all the evaluated runs under
 OUT, so processes sharing OUT (each given some --models) make one JSON. The committed JSON:
 
     run="nice -n 5 env OMP_NUM_THREADS=1 .venv/bin/python bench/disentangle_study.py --out /work/runs/h16/study
@@ -52,10 +53,11 @@ from aezoo.evaluation.reconstruction import reconstruction
 from aezoo.metrics import dlib, scores
 from aezoo.registry import entry
 from aezoo.runfolder import load_run, read_metrics
-from aezoo.train import train
+from aezoo.train import resume, train
 from common import write_result
 
 ROOT = Path(__file__).parents[1]
+CHECKPOINT_EVERY = 500  # a study stopped at a session's end continues from here
 MODELS = {
     "beta1": ("beta_vae", {"objective": "beta", "beta": 1.0}),
     "beta4": ("beta_vae", {"objective": "beta", "beta": 4.0}),
@@ -142,14 +144,16 @@ def main() -> None:
             if model.get("objective") == "capacity":
                 model = {**model, "capacity_steps": args.steps}
             overrides = {"train": {"steps": args.steps, "lr": args.lr, "seed": seed, "val_every": args.steps,
-                                   "progress": False, "checkpoint_every": args.steps},
+                                   "progress": False, "checkpoint_every": min(args.steps, CHECKPOINT_EVERY)},
                          "eval": {"metric_samples": METRIC_SAMPLES}}
             cfg = make_run_config(model_name, entry(model_name).config_class,
                                   merge(base, merge(overrides, {"model": model})))
             run = Path(args.out) / f"s{seed}" / name
             done = run / "bench_eval.json"
             if not done.exists():
-                if not (run / "model.safetensors").exists():
+                if (run / "config.json").exists():
+                    resume(run)  # a run stopped before its end continues from its checkpoint; a finished one is left
+                else:
                     train(cfg, run)
                 done.write_text(json.dumps(evaluate_both(run, not args.no_dlib_dci)))
             print(name, seed, done.read_text(), flush=True)
