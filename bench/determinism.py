@@ -18,6 +18,8 @@ Modes, both with --threads intra-op threads (OMP_NUM_THREADS):
 Per case also one run on 1 thread, compared with the first --threads run: whether the case's bits depend
 on the thread count at all (when they do not, no run-time choice of a thread count can change them).
 Rounds of (case, mode) alternate so that every mode meets the same load; --seconds bounds the whole.
+Each invocation is added to determinism.json's list (quiet and loaded sessions add up), with a digest of
+its reference run's final weights, so that the invocations' references can be compared as well.
 
     nice -n 5 .venv/bin/python bench/determinism.py --steps 20 --conv-steps 3 --trials 2 --seconds 3000
 """
@@ -25,6 +27,7 @@ Rounds of (case, mode) alternate so that every mode meets the same load; --secon
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -88,6 +91,7 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=2, help="runs per process")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seconds", type=float, default=3000, help="no new round starts after this")
+    p.add_argument("--cases", default=",".join(CASES), help="comma-separated, of " + ", ".join(CASES))
     p.add_argument("--child")
     p.add_argument("--unpinned", action="store_true")
     p.add_argument("--out")
@@ -99,16 +103,18 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     started = time.perf_counter()
     steps = {"vae_mlp": args.steps, "vae_conv": args.conv_steps}
-    slots = [("vae_mlp", True), ("vae_mlp", False), ("vae_conv", True)]
+    cases = args.cases.split(",")
+    slots = [s for s in [("vae_mlp", True), ("vae_mlp", False), ("vae_conv", True)] if s[0] in cases]
     results = {f"{c}_{'pinned' if pin else 'unpinned'}": {"case": c, "pinned": pin, "steps": steps[c], "runs": [],
                                                           "processes": 0, "process_seconds": []} for c, pin in slots}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        reference = {}
-        for case in CASES:  # the 1-thread run and the first multi-thread run of each case
+        reference, finals = {}, {}
+        for case in cases:  # the 1-thread run and the first multi-thread run of each case
             one, _, _ = launch(case, steps[case], 1, 1, True, folder, 0)
             many, _, _ = launch(case, steps[case], 1, args.threads, True, folder, 0)
             reference[case] = many[0]
+            finals[case] = hashlib.sha256(many[0][-1].tobytes()).hexdigest()[:16]
             step = first_difference(one[0], many[0])
             results[f"{case}_thread_count"] = {"case": case, "steps": steps[case],
                                                "first_step_1_vs_threads_differ": step}
@@ -123,24 +129,42 @@ def main() -> None:
                 r["runs"] += [first_difference(reference[case], run) for run in runs]
                 print(case, "pinned" if pinned else "unpinned", r["runs"][-args.trials:], f"{seconds:.0f}s", flush=True)
             index += 1
-            write(args, results, started)  # after every round: a stopped benchmark keeps what it measured
+            write(args, results, finals, started)  # after every round: a stopped benchmark keeps what it measured
 
 
-def write(args, results: dict, started: float) -> None:
+def write(args, results: dict, finals: dict, started: float) -> None:
     from common import write_result
 
     for r in results.values():
         if "runs" in r:
             r["runs_compared"] = len(r["runs"])
             r["runs_differing"] = sum(step is not None for step in r["runs"])
-    write_result(__file__, {
+    this = {
         "command": " ".join(["bench/determinism.py", *sys.argv[1:]]),
         "threads": args.threads,
         "trials_per_process": args.trials,
         "wall_time_s": round(time.perf_counter() - started),
         "load_average_at_end": [round(v, 1) for v in os.getloadavg()],
+        "reference_final_weights": finals,
         "results": results,
-    })
+    }
+    path = Path(__file__).with_suffix(".json")
+    earlier = json.loads(path.read_text()).get("invocations", []) if path.exists() else []
+    earlier = [i for i in earlier if i.get("started") != STARTED]
+    invocations = [*earlier, {"started": STARTED, **this}]
+    totals: dict = {}
+    for inv in invocations:
+        for key, r in inv["results"].items():
+            if "runs" in r:
+                t = totals.setdefault(f"{key}_{r['steps']}_steps_{inv['threads']}_threads",
+                                      {"runs_compared": 0, "runs_differing": 0, "invocations": 0})
+                t["runs_compared"] += r["runs_compared"]
+                t["runs_differing"] += r["runs_differing"]
+                t["invocations"] += 1
+    write_result(__file__, {"invocations": invocations, "totals": totals})
+
+
+STARTED = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 if __name__ == "__main__":
