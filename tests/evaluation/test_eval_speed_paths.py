@@ -3,16 +3,35 @@ under a Bernoulli likelihood (one pass over the logits instead of the BCE) are t
 `Bernoulli.log_prob` for the same draws of z, on binary and on grey data; decoded in blocks, they keep
 the draws of the whole-draw path and its weights; `cpu_inference` (channels-last weights, PyTorch's
 kernel for narrow transposed convolutions) gives the plain outputs and leaves the model as it was; the
-linear probe's L-BFGS shows its progress."""
+linear probe's L-BFGS shows its progress. A model with discrete codes is encoded once per evaluation, as
+code maps: the codes read from them are `encode`'s, the top-only reconstruction from them is the one from
+the images, the neighbours searched once for both metrics are brute force's, and a whole evaluation of
+vqvae2 with its prior gives the numbers each evaluator got by encoding the split itself."""
+
+import math
 
 import pytest
 import torch
 
+from aezoo.config import EvalConfig, RunConfig
+from aezoo.data import Dataset
 from aezoo.distributions import standard_normal_log_prob
-from aezoo.evaluation.base import FEW_CHANNELS, cpu_inference
-from aezoo.evaluation.features import LINEAR_ITERS, LINEAR_L2, fit_linear_probe
+from aezoo.evaluation import EVALUATORS
+from aezoo.evaluation.base import EVAL_SEED, FEW_CHANNELS, EvalContext, cpu_inference
+from aezoo.evaluation.features import (
+    LINEAR_ITERS,
+    LINEAR_L2,
+    fit_linear_probe,
+    knn_predict,
+    linear_probe_accuracy,
+    neighbours,
+)
+from aezoo.evaluation.reconstruction import psnr
+from aezoo.evaluation.retrieval import precision_at_k
 from aezoo.models import vae as vae_module
-from aezoo.registry import build
+from aezoo.quantize import perplexity, usage
+from aezoo.registry import MODELS, build
+from aezoo.runfolder import RunFolder
 
 
 def _reference_log_weights(model, x, k):
@@ -189,3 +208,163 @@ def test_the_linear_probe_in_linear_layout_fits_what_the_plain_one_fits():
     plain = _plain_probe(train, y, 3, iters=100, l2=0.05)
     fast = fit_linear_probe(train, y, 3, iters=100, l2=0.05)
     assert float((fast(new) == plain(new)).float().mean()) >= 0.999
+
+
+# --- a model with discrete codes, encoded once per evaluation ---------------------------------------------
+QUANTIZERS = {"vq": {}, "rvq": {"quantizer": "rvq", "rvq_depth": 2}, "gumbel": {"quantizer": "gumbel"},
+              "fsq": {"quantizer": "fsq", "fsq_levels": (5, 3, 3, 2), "code_dim": 4}}
+
+
+def _code_model(name, quantizer="vq", **config):
+    torch.manual_seed(0)
+    settings = {**MODELS[name].tiny, **QUANTIZERS[quantizer], "data_shape": (1, 28, 28), **config}
+    return build(name, **settings).eval()
+
+
+def _images(n, seed):
+    """n images of 8-bit grey values (what the discretised logistic scores), smooth random blobs, with
+    labels in 0..2, the class setting the brightness so that the probes have something to find."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 3, (n,), generator=g)
+    blobs = torch.nn.functional.interpolate(torch.rand(n, 1, 4, 4, generator=g), size=(28, 28), mode="bilinear")
+    return (blobs * (0.5 + 0.25 * y.view(-1, 1, 1, 1)) * 255).round() / 255, y
+
+
+def _context(model, tmp_path, batch_size=7, **eval_cfg):
+    (train, train_y), (test, test_y) = _images(60, 1), _images(23, 2)  # 23: batches of 7, 7, 7, 2
+    ds = Dataset("grey", {"train": train, "test": test}, labels={"train": train_y, "test": test_y})
+    cfg = RunConfig(model.name, model.config, eval=EvalConfig(split="test", batch_size=batch_size, **eval_cfg))
+    return EvalContext(model, ds, cfg, "test", RunFolder(tmp_path))
+
+
+@pytest.mark.parametrize("quantizer", list(QUANTIZERS))
+@pytest.mark.parametrize("name", ["vqvae", "vqvae2"])
+@torch.no_grad()
+def test_the_split_codes_from_code_maps_are_what_encode_gives(tmp_path, name, quantizer):
+    """Every quantiser's code vectors, looked up from the maps, against `encode`'s straight-through
+    z_e + (e - z_e): equal to the rounding of that sum (codes of order 1)."""
+    model = _code_model(name, quantizer)
+    ctx = _context(model, tmp_path)
+    encoded = torch.cat([model.encode(x).flatten(1) for x in ctx.batches()])
+    got = ctx.split_codes()
+    assert got.shape == encoded.shape == (23, encoded.shape[1])
+    torch.testing.assert_close(got, encoded, rtol=0, atol=1e-6)
+    assert len(ctx.split_code_maps()) == 4 and ctx.split_codes() is got  # encoded once
+
+
+@pytest.mark.parametrize("quantizer", ["vq", "rvq"])  # rvq: two top code maps of the four
+@pytest.mark.parametrize("fill", ["mean", "zero", "prior"])
+@torch.no_grad()
+def test_the_top_only_reconstruction_from_code_maps_is_the_one_from_the_images(quantizer, fill):
+    model = _code_model("vqvae2", quantizer)
+    model.attach_prior(_tiny_snail(model))
+    x, _ = _images(5, 3)
+    codes = model.codes(x)
+    top = model.quantizer_top.lookup(model.quantizer_top.join_maps(codes[:2] if quantizer == "rvq" else codes[:1]))
+    if fill != "prior":  # by hand: the top's vectors beside the constant bottom fill
+        z_bottom = model.bottom_fill(fill).view(1, -1, 1, 1).expand(5, -1, 8, 8)
+        by_hand = model.decode(model.decoder_input(top, z_bottom))
+        torch.testing.assert_close(model.decode_top_only(codes, fill), by_hand, rtol=0, atol=1e-6)
+    torch.manual_seed(4)
+    from_codes = model.decode_top_only(codes, fill)
+    torch.manual_seed(4)
+    torch.testing.assert_close(from_codes, model.reconstruct_top_only(x, fill), rtol=0, atol=1e-6)
+
+
+def _tiny_snail(model):
+    levels = [(lv.codebook_size, *lv.shape) for lv in model.code_levels()]
+    return build("pixelsnail", channels=8, blocks=1, residual=1, heads=2, key_channels=8, value_channels=8,
+                 cond_layers=1, codebook_sizes=tuple(k for k, _, _ in levels),
+                 code_shapes=tuple(s for _, h, w in levels for s in (h, w)),
+                 data_shape=(1 + sum(h * w for _, h, w in levels),)).eval()
+
+
+@pytest.mark.parametrize("chunk", [7, 1024])
+def test_neighbours_in_both_metrics_are_brute_forces(chunk):
+    """Against torch.cdist in double precision and the ranking of the normalised vectors' products, on
+    codes of different lengths (where the two metrics disagree); ties have probability 0."""
+    g = torch.Generator().manual_seed(0)
+    train = torch.randn(200, 6, generator=g) * torch.rand(200, 1, generator=g) * 3
+    query = torch.randn(30, 6, generator=g)
+    wrapped = []
+    got = neighbours(train, query, 10, ("euclidean", "cosine"), chunk,
+                     progress=lambda chunks: wrapped.append(len(chunks)) or chunks)
+    euclidean = torch.cdist(query.double(), train.double()).argsort(1)[:, :10]
+    unit = torch.nn.functional.normalize
+    cosine = (-(unit(query.double(), dim=1) @ unit(train.double(), dim=1).T)).argsort(1)[:, :10]
+    assert torch.equal(got["euclidean"], euclidean) and torch.equal(got["cosine"], cosine)
+    assert not torch.equal(euclidean, cosine) and wrapped == [math.ceil(30 / chunk)]
+    assert neighbours(train[:4], query, 10, ("cosine",))["cosine"].shape == (30, 4)  # k capped by the training set
+
+
+@torch.no_grad()
+def _per_evaluator_results(model, ctx) -> dict:
+    """What each evaluator computed when it encoded the split itself (each batch by `codes`, `encode`,
+    `reconstruct`, `reconstruct_top_only`) and searched the neighbours of each metric on its own."""
+    prior, xs = model.require_prior(), list(ctx.batches())
+    counts = [torch.zeros(lv.codebook_size, dtype=torch.float64) for lv in model.code_levels()]
+    prior_nll, decoder_nll, top_sq, sq, bce = 0.0, 0.0, 0.0, 0.0, 0.0
+    for x in xs:
+        codes = model.codes(x)
+        for c, level in zip(counts, codes):
+            c += torch.bincount(level.flatten(), minlength=len(c)).double()
+        prior_nll -= float(prior.log_prob(codes).sum())
+        decoder_nll -= float(model.log_px_given_codes(x, codes).sum())
+        top_sq += float(((model.reconstruct_top_only(x) - x) ** 2).sum())
+        r = model.reconstruct(x)
+        sq += float(((r - x) ** 2).sum())
+        p = r.clamp(1e-6, 1 - 1e-6)
+        bce += float(-(x * p.log() + (1 - x) * (1 - p).log()).sum())
+    n, dims = 23, 28 * 28
+    test = torch.cat([model.encode(x).flatten(1) for x in xs])
+    test_x = torch.cat([x.flatten(1) for x in xs])
+    train, train_x = ctx.train_codes(60), ctx.train_inputs(60)
+    train_y, test_y = ctx.dataset.labels["train"], ctx.dataset.labels["test"]
+    out = {"codebook_usage": [float(usage(c)) for c in counts], "codebook_perplexity": [float(perplexity(c))
+                                                                                          for c in counts],
+           "bits_per_dim": (prior_nll + decoder_nll) / n / (dims * math.log(2)), "prior_nll": prior_nll / n,
+           "decoder_nll": decoder_nll / n, "recon_mse_top_only": top_sq / n, "recon_mse": sq / n,
+           "recon_bce": bce / n, "psnr": psnr(sq / n / dims),
+           "probe_linear_acc": linear_probe_accuracy(train, train_y, test, test_y),
+           "probe_knn_acc": float((knn_predict(train, train_y, test) == test_y).float().mean()),
+           "probe_train_examples": 60, "retrieval_train_examples": 60}
+    for metric in ("euclidean", "cosine"):
+        out[f"retrieval_p10_{metric}"] = precision_at_k(train, train_y, test, test_y, 10, metric)
+        out[f"retrieval_p10_pixels_{metric}"] = precision_at_k(train_x, train_y, test_x, test_y, 10, metric)
+    return out
+
+
+def test_a_whole_evaluation_shares_one_encoding_and_keeps_the_per_evaluator_numbers(tmp_path, monkeypatch):
+    """A tiny untrained vqvae2 (its 64 codes a level initialised by k-means, over 90% of them used on the
+    split) with a tiny PixelSNAIL prior, every evaluator that applies, in `evaluate`'s order: the split is encoded once
+    (`codes` called once per batch), and every number is the one of the per-evaluator computation: the
+    counts, the probes and the Euclidean retrieval exactly (the codes' rounding moves no code and, here,
+    no prediction or neighbour), sums of squares and log-likelihoods to float rounding. Cosine retrieval
+    may differ by one neighbour of the 230: these codes share a large common part, their cosine
+    distances have near-ties (gaps down to 1e-8) that float32's rounding of the query codes and of the
+    normalisation decides either way (here it moves one)."""
+    model = _code_model("vqvae2", codebook_size=64, code_dim=8, kmeans_iters=5)
+    ctx = _context(model, tmp_path)
+    model.on_train_start(ctx.dataset.x["train"])
+    last = model.decoder[-1]  # means inside (0, 1) that depend on the codes, not clamped to 0
+    with torch.no_grad():
+        last.weight.mul_(20)
+        last.bias[0] += 0.5
+    model.attach_prior(_tiny_snail(model))
+    expected = _per_evaluator_results(model, _context(model, tmp_path))
+    calls, codes = [], model.codes
+    monkeypatch.setattr(model, "codes", lambda x: calls.append(len(x)) or codes(x))
+    torch.manual_seed(EVAL_SEED)
+    got = {}
+    for ev in EVALUATORS:
+        if ev.applies(model, ctx.dataset):
+            got.update(ev.run(ctx))
+    assert calls == [7, 7, 7, 2]
+    assert set(expected) <= set(got) and min(got["codebook_usage"]) > 0.9
+    for key, value in expected.items():
+        if key == "retrieval_p10_cosine":
+            assert abs(got[key] - value) <= 1 / 230 + 1e-6
+        elif isinstance(value, float) and "acc" not in key and "retrieval" not in key:
+            assert got[key] == pytest.approx(value, rel=1e-5), key
+        else:
+            assert got[key] == value, key

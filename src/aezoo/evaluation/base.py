@@ -18,6 +18,7 @@ from torch import nn
 
 from ..config import RunConfig
 from ..data import EVAL_SEED, Batches, Dataset, prepare
+from ..models.capabilities import CodeModel
 from ..progress import progress
 from ..runfolder import RunFolder
 
@@ -44,11 +45,24 @@ class EvalContext:
                        self.cfg.data.binarize, seed=EVAL_SEED, shuffle=False)
 
     def split_codes(self) -> torch.Tensor:
-        """The model's flattened codes (N, F) of the evaluated split, in order; encoded once."""
+        """The model's flattened codes (N, F) of the evaluated split, in order; encoded once. For a model
+        with discrete codes, the code vectors of `split_code_maps` (what `encode` gives, to float rounding)."""
         if "split" not in self._codes:
-            self._codes["split"] = torch.cat([self.model.encode(x).flatten(1).float()
-                                              for x in self.progress(self.batches(), "encoding the split")])
+            if isinstance(self.model, CodeModel):
+                codes = [self.model.code_vectors(maps) for maps in self.split_code_maps()]
+            else:
+                codes = [self.model.encode(x) for x in self.progress(self.batches(), "encoding the split")]
+            self._codes["split"] = torch.cat([c.flatten(1).float() for c in codes])
         return self._codes["split"]
+
+    @torch.no_grad()
+    def split_code_maps(self) -> list[list[torch.Tensor]]:
+        """For a model with discrete codes: the code maps (`CodeModel.codes`) of each batch of `batches()`,
+        computed once for every evaluator that reads them (codebook usage, bits/dim, reconstructions,
+        the probes' codes)."""
+        if "maps" not in self._codes:
+            self._codes["maps"] = [self.model.codes(x) for x in self.progress(self.batches(), "encoding the split")]
+        return self._codes["maps"]
 
     def train_inputs(self, n: int) -> torch.Tensor:
         """The first n training examples as the model sees them (N, D): [0, 1] data binarised as in

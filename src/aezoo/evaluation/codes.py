@@ -38,8 +38,8 @@ def codebook_health(ctx: EvalContext) -> dict:
     (a list, coarsest first, for several levels), and plots/codebook_usage[_LEVEL].png."""
     levels = ctx.model.code_levels()
     counts = [torch.zeros(lv.codebook_size, dtype=torch.float64) for lv in levels]
-    for x in ctx.progress(ctx.batches(), "codebook usage"):
-        for c, codes in zip(counts, ctx.model.codes(x)):
+    for maps in ctx.split_code_maps():
+        for c, codes in zip(counts, maps):
             c += torch.bincount(codes.flatten().cpu(), minlength=len(c)).double()
     use = [float(usage(c)) for c in counts]
     ppl = [float(perplexity(c)) for c in counts]
@@ -68,8 +68,7 @@ def bits_per_dim(ctx: EvalContext) -> dict:
         return {}
     prior = model.require_prior()
     prior_nll, decoder_nll, n = 0.0, 0.0, 0
-    for x in ctx.progress(ctx.batches(), "bits/dim"):
-        codes = model.codes(x)
+    for x, codes in zip(ctx.progress(ctx.batches(), "bits/dim"), ctx.split_code_maps()):
         prior_nll -= float(prior.log_prob(codes).sum())
         decoder_nll -= float(model.log_px_given_codes(x, codes).sum())
         n += len(x)
@@ -100,7 +99,7 @@ def top_only_reconstruction(ctx: EvalContext) -> dict:
     """recon_mse_top_only: squared error (summed over data dimensions) of reconstructions from the top
     codes alone, the bottom map filled with the expected bottom code (beside recon_mse, both levels)."""
     sq, n = 0.0, 0
-    for x in ctx.progress(ctx.batches(), "top-only reconstruction"):
-        sq += float(((ctx.model.reconstruct_top_only(x) - x) ** 2).flatten(1).sum())
+    for x, codes in zip(ctx.progress(ctx.batches(), "top-only reconstruction"), ctx.split_code_maps()):
+        sq += float(((ctx.model.decode_top_only(codes) - x) ** 2).flatten(1).sum())
         n += len(x)
     return {"recon_mse_top_only": sq / n}

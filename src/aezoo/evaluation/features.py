@@ -75,31 +75,62 @@ def linear_probe_accuracy(train: torch.Tensor, train_y: torch.Tensor, test: torc
         return float((predict(test) == test_y).float().mean())
 
 
+def neighbours(train: torch.Tensor, query: torch.Tensor, k: int = K_NEIGHBOURS,
+               metrics: tuple[str, ...] = ("euclidean",), chunk: int = 1024, progress=None) -> dict[str, torch.Tensor]:
+    """For each metric, the indices (Q, k) of the k nearest rows of `train` (N, F) to each row of
+    `query` (Q, F), nearest first, all from one matrix product q.t per chunk of queries. Euclidean:
+    ||q - t||^2 = ||q||^2 - 2 q.t + ||t||^2, and ||q||^2 does not change the ranking; cosine: the
+    largest q.t / (||q|| ||t||), where 1 / ||q|| does not change the ranking either (norms below 1e-12
+    count as 1e-12, as in F.normalize: a zero vector is at the same distance from every row). The
+    cosine ranking is the one of the normalised vectors' products, up to float rounding. `progress`
+    wraps the chunks' iterator (`EvalContext.progress`)."""
+    for metric in metrics:
+        if metric not in ("euclidean", "cosine"):
+            raise ValueError(f"metric must be euclidean or cosine, got {metric!r}")
+    k = min(k, len(train))
+    sq = train.pow(2).sum(1)
+    inverse_norm = sq.sqrt().clamp(min=1e-12).reciprocal()
+    found: dict[str, list[torch.Tensor]] = {m: [] for m in metrics}
+    chunks = query.split(chunk)
+    for q in chunks if progress is None else progress(chunks):
+        products = q @ train.T
+        for metric, out in found.items():
+            score = sq - 2 * products if metric == "euclidean" else -(products * inverse_norm)
+            out.append(score.topk(k, dim=1, largest=False).indices)
+    return {m: torch.cat(out) if out else query.new_zeros(0, k, dtype=torch.long) for m, out in found.items()}
+
+
 def nearest(train: torch.Tensor, query: torch.Tensor, k: int = K_NEIGHBOURS, metric: str = "euclidean",
             chunk: int = 1024) -> torch.Tensor:
     """Indices (Q, k) of the k nearest rows of `train` (N, F) to each row of `query` (Q, F), nearest
-    first. Euclidean: ||q - t||^2 = ||q||^2 - 2 q.t + ||t||^2, and ||q||^2 does not change the ranking,
-    so each chunk of queries costs one matrix product; cosine: the largest q.t / (||q|| ||t||) (a zero
-    vector is at the same distance from every row)."""
-    k = min(k, len(train))
-    if metric == "cosine":
-        train, query = F.normalize(train, dim=1), F.normalize(query, dim=1)
-        return torch.cat([(-(q @ train.T)).topk(k, dim=1, largest=False).indices for q in query.split(chunk)])
-    if metric != "euclidean":
-        raise ValueError(f"metric must be euclidean or cosine, got {metric!r}")
-    sq = train.pow(2).sum(1)
-    return torch.cat([(sq - 2 * q @ train.T).topk(k, dim=1, largest=False).indices for q in query.split(chunk)])
+    first, in Euclidean or cosine distance (`neighbours`)."""
+    return neighbours(train, query, k, (metric,), chunk)[metric]
+
+
+def vote(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """The majority label (Q,) of each row of neighbours' labels (Q, k), nearest first; ties go to the
+    nearest neighbour's label."""
+    votes = F.one_hot(labels, classes).sum(1).float()
+    votes += 0.5 * F.one_hot(labels[:, 0], classes)  # decides ties only: counts are integers
+    return votes.argmax(1)
 
 
 def knn_predict(train: torch.Tensor, train_y: torch.Tensor, query: torch.Tensor, k: int = K_NEIGHBOURS,
                 chunk: int = 1024) -> torch.Tensor:
     """Labels (Q,) of `query` (Q, F) by majority vote of its k nearest rows of `train` (N, F) in
     Euclidean distance (`nearest`), ties to the nearest neighbour's label."""
-    classes = int(train_y.max()) + 1
-    labels = train_y[nearest(train, query, k, "euclidean", chunk)]  # (Q, k), nearest first
-    votes = F.one_hot(labels, classes).sum(1).float()
-    votes += 0.5 * F.one_hot(labels[:, 0], classes)  # decides ties only: counts are integers
-    return votes.argmax(1)
+    return vote(train_y[nearest(train, query, k, "euclidean", chunk)], int(train_y.max()) + 1)
+
+
+def code_neighbours(ctx: EvalContext, n: int, k: int) -> dict[str, torch.Tensor]:
+    """`neighbours` of the split's codes among the first n training codes, in both metrics, for every
+    evaluator that asks (the k-NN probe and retrieval search the same codes): computed once."""
+    key = ("neighbours", n, k)
+    if key not in ctx._codes:
+        train, query = ctx.train_codes(n), ctx.split_codes()
+        ctx._codes[key] = neighbours(train, query, k, ("euclidean", "cosine"), progress=lambda chunks: ctx.progress(
+            chunks, f"nearest neighbours of {len(query):,} codes among {len(train):,}"))
+    return ctx._codes[key]
 
 
 def labelled(model, ds) -> bool:
@@ -120,7 +151,8 @@ def feature_probes(ctx: EvalContext) -> dict:
     train = ctx.train_codes(n)
     train_y = ds.labels["train"][:n].long()
     test_y = test_y[: len(test)].long()
-    knn = float((knn_predict(train, train_y, test) == test_y).float().mean())
+    knn = float((vote(train_y[code_neighbours(ctx, n, K_NEIGHBOURS)["euclidean"]], int(train_y.max()) + 1)
+                 == test_y).float().mean())
     bar = ctx.progress(None, f"linear probe on {len(train):,} x {train.shape[1]:,} codes: L-BFGS loss evaluations")
     return {"probe_linear_acc": linear_probe_accuracy(train, train_y, test, test_y, bar=bar), "probe_knn_acc": knn,
             "probe_train_examples": len(train)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from ..models.capabilities import CodeModel
 from .base import EvalContext, evaluator, inference
 
 
@@ -20,8 +21,10 @@ def reconstruction(ctx: EvalContext) -> dict:
     cross-entropy of the reconstruction's mean; neither means anything for other real values."""
     sq, bce, n, dims = 0.0, 0.0, 0, 0
     unit_range = True
-    for x in ctx.progress(ctx.batches(), "reconstruction"):
-        r = ctx.model.reconstruct(x)
+    # a model with discrete codes decodes the split's code maps, encoded once for every evaluator
+    maps = ctx.split_code_maps() if isinstance(ctx.model, CodeModel) else None
+    for i, x in enumerate(ctx.progress(ctx.batches(), "reconstruction")):
+        r = ctx.model.reconstruct(x) if maps is None else ctx.model.decode_codes(maps[i])
         sq += float(((r - x) ** 2).flatten(1).sum())
         unit_range = unit_range and bool(x.min() >= 0) and bool(x.max() <= 1)
         if unit_range:

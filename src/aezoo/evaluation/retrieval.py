@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from .base import EvalContext, evaluator
-from .features import MAX_TRAIN_NUMBERS, labelled, nearest
+from .features import MAX_TRAIN_NUMBERS, code_neighbours, labelled, nearest, neighbours
 
 K = 10
 METRICS = ("euclidean", "cosine")
@@ -27,8 +27,12 @@ METRICS = ("euclidean", "cosine")
 def precision_at_k(train: torch.Tensor, train_y: torch.Tensor, query: torch.Tensor, query_y: torch.Tensor,
                    k: int = K, metric: str = "euclidean") -> float:
     """The mean over queries of the fraction of their k nearest training rows with the query's label."""
-    hits = train_y[nearest(train, query, k, metric)] == query_y.unsqueeze(1)
-    return float(hits.float().mean())
+    return precision_of(nearest(train, query, k, metric), train_y, query_y)
+
+
+def precision_of(found: torch.Tensor, train_y: torch.Tensor, query_y: torch.Tensor) -> float:
+    """`precision_at_k` from the neighbours' indices `found` (Q, k)."""
+    return float((train_y[found] == query_y.unsqueeze(1)).float().mean())
 
 
 @evaluator(labelled)
@@ -43,12 +47,13 @@ def retrieval(ctx: EvalContext) -> dict:
     query_x = torch.cat([x.flatten(1).float() for x in ctx.batches()])
     width = max(query.shape[1], query_x.shape[1])
     n = min(e.probe_train or len(ds.x["train"]), max(1, MAX_TRAIN_NUMBERS // width))
-    train, train_x = ctx.train_codes(n), ctx.train_inputs(n)
-    train_y = ds.labels["train"][:n].to(train.device).long()
+    train_x = ctx.train_inputs(n)
+    train_y = ds.labels["train"][:n].to(query.device).long()
     query_y = query_y[: len(query)].to(query.device).long()
+    codes, pixels = code_neighbours(ctx, n, K), neighbours(train_x, query_x, K, METRICS)
     out = {}
     for metric in METRICS:
-        out[f"retrieval_p10_{metric}"] = precision_at_k(train, train_y, query, query_y, K, metric)
-        out[f"retrieval_p10_pixels_{metric}"] = precision_at_k(train_x, train_y, query_x, query_y, K, metric)
-    out["retrieval_train_examples"] = len(train)
+        out[f"retrieval_p10_{metric}"] = precision_of(codes[metric], train_y, query_y)
+        out[f"retrieval_p10_pixels_{metric}"] = precision_of(pixels[metric], train_y, query_y)
+    out["retrieval_train_examples"] = len(train_x)
     return out

@@ -11,7 +11,7 @@ attributes. A model opts into a capability by inheriting it and implementing its
 - `FeatureEncoder`: a deterministic feature map `features(x)` that gradients flow through, and `fresh()`, the
   same network freshly initialised (supervised fine-tuning against training from scratch in eval.json).
 - `CodeModel`: latents are maps of discrete codes (VQ-VAE, VQ-VAE-2): `code_levels`, `codes`,
-  `decoder_params`; stage 2 fits a prior over the codes (`aezoo train-prior`) that `sample` and
+  `code_vectors`, `decoder_params`; stage 2 fits a prior over the codes (`aezoo train-prior`) that `sample` and
   bits/dim then use (codebook health and bits/dim in eval.json).
 - `SequenceModel`: predicts the frames of a sequence ahead, `jump_errors(x, context)` (rollout errors
   in eval.json).
@@ -110,8 +110,8 @@ def weights_hash(path: str | Path) -> str:
 class CodeModel(Model, Generative):
     """A model whose latents are maps of discrete codes: one or several levels, coarsest first.
 
-    Subclasses set `likelihood` (a `distributions` likelihood) and implement `code_levels`, `codes` and
-    `decoder_params`; sampling, decoding, log p(x | codes) and the prior's loading come from here."""
+    Subclasses set `likelihood` (a `distributions` likelihood) and implement `code_levels`, `codes`,
+    `code_vectors` and `decoder_params`; sampling, decoding, log p(x | codes) and the prior's loading come from here."""
 
     default_prior = "pixelcnn"
     prior = None  # the run's CodePrior: a plain attribute, not part of this model's weights
@@ -124,6 +124,12 @@ class CodeModel(Model, Generative):
     @abc.abstractmethod
     def codes(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The code map of each level for x: list of (B, H_l, W_l) int64."""
+
+    @abc.abstractmethod
+    def code_vectors(self, codes: list[torch.Tensor]) -> torch.Tensor:
+        """What `encode` gives for the images whose code maps are `codes`, to float rounding (encode's
+        vectors carry the straight-through form z_e + (e - z_e)): evaluation encodes a split once, as
+        code maps, and reads the codes the probes and retrieval take from them."""
 
     @abc.abstractmethod
     def decoder_params(self, codes: list[torch.Tensor]) -> torch.Tensor:

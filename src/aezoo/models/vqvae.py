@@ -181,5 +181,9 @@ class VQVAE(CodeModel):
     def codes(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.quantizer.code_maps(self.quantize(x).codes)
 
+    def code_vectors(self, codes: list[torch.Tensor]) -> torch.Tensor:
+        """`CodeModel.code_vectors`: the quantised latents z_q, (B, D, h, w)."""
+        return self.quantizer.lookup(self.quantizer.join_maps(codes))
+
     def decoder_params(self, codes: list[torch.Tensor]) -> torch.Tensor:
-        return self.decoder(self.quantizer.lookup(self.quantizer.join_maps(codes)))
+        return self.decoder(self.code_vectors(codes))

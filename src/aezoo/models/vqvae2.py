@@ -166,15 +166,22 @@ class VQVAE2(CodeModel):
         from the bottom prior given the top codes (and `labels` for a class-conditional prior)."""
         if fill not in ("mean", "zero", "prior"):
             raise AezooError(f"fill must be 'mean', 'zero' or 'prior', got {fill!r}")
-        top = self.quantizer_top(self.encoder_top(self.encoder_bottom(self._pad(x))))
+        top = self.quantizer_top.assign(self.encoder_top(self.encoder_bottom(self._pad(x))))
+        return self.decode_top_only(self.quantizer_top.code_maps(top), fill, temperature, labels)
+
+    def decode_top_only(self, codes: list[torch.Tensor], fill: str = "mean", temperature: float = 1.0,
+                        labels: torch.Tensor | None = None) -> torch.Tensor:
+        """`reconstruct_top_only` from code maps as `codes(x)` gives them (only the top level's are read):
+        the same images, without encoding x again."""
+        qt = self.quantizer_top
+        top = codes[:qt.depth]
         if fill == "prior":
-            prior = self.require_prior()
-            given = self.quantizer_top.code_maps(top.codes)
-            return self.decode_codes(prior.sample(len(x), temperature, labels, given=given))
-        _, _, h, w = top.z_q.shape
+            return self.decode_codes(self.require_prior().sample(len(top[0]), temperature, labels, given=top))
+        z_top = qt.lookup(qt.join_maps(top))
+        _, _, h, w = z_top.shape
         scale = 2 ** self.config.top_downsample
-        z_bottom = self.bottom_fill(fill).view(1, -1, 1, 1).expand(len(x), -1, h * scale, w * scale)
-        return self.decode(self.decoder_input(top.z_q, z_bottom))
+        z_bottom = self.bottom_fill(fill).view(1, -1, 1, 1).expand(len(z_top), -1, h * scale, w * scale)
+        return self.decode(self.decoder_input(z_top, z_bottom))
 
     def visuals(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         out = super().visuals(x)
@@ -197,10 +204,13 @@ class VQVAE2(CodeModel):
         top, bottom = self.quantize(x)
         return [*self.quantizer_top.code_maps(top.codes), *self.quantizer_bottom.code_maps(bottom.codes)]
 
-    def decoder_params(self, codes: list[torch.Tensor]) -> torch.Tensor:
+    def code_vectors(self, codes: list[torch.Tensor]) -> torch.Tensor:
+        """`CodeModel.code_vectors`: the code vectors of both levels, (B, 2D, H/2^b, W/2^b)."""
         qt, qb = self.quantizer_top, self.quantizer_bottom
         if len(codes) != qt.depth + qb.depth:
             raise AezooError(f"vqvae2 decodes {qt.depth + qb.depth} code maps (top, then bottom), got {len(codes)}")
         top, bottom = qt.join_maps(codes[:qt.depth]), qb.join_maps(codes[qt.depth:])
-        z = self.decoder_input(qt.lookup(top), qb.lookup(bottom))
-        return self._crop(self.decoder(z))
+        return self.decoder_input(qt.lookup(top), qb.lookup(bottom))
+
+    def decoder_params(self, codes: list[torch.Tensor]) -> torch.Tensor:
+        return self._crop(self.decoder(self.code_vectors(codes)))
