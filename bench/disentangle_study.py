@@ -125,11 +125,17 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--models", default=",".join(MODELS))
-    p.add_argument("--out", required=True, help="folder of the runs (kept: a trained run is not trained again)")
+    p.add_argument("--out", help="folder of the runs (kept: a trained run is not trained again); all but --table")
     p.add_argument("--no-dlib-dci", action="store_true", help="leave out dlib's boosted-tree DCI (minutes of CPU "
                    "per run; null in the JSON)")
     p.add_argument("--collect", action="store_true", help="only write the JSON from the runs evaluated under OUT")
+    p.add_argument("--table", action="store_true", help="only print bench/README's table from the committed JSON")
     args = p.parse_args()
+    if args.table:
+        print(table(json.loads(Path(__file__).with_suffix(".json").read_text())))
+        return
+    if not args.out:
+        p.error("--out is required")
     torch.set_num_threads(1)
     if args.collect:
         write(args)
@@ -158,6 +164,34 @@ def main() -> None:
                 done.write_text(json.dumps(evaluate_both(run, not args.no_dlib_dci)))
             print(name, seed, done.read_text(), flush=True)
             write(args)
+
+
+LABELS = {"beta1": "beta_vae, beta = 1", "beta4": "beta_vae, beta = 4", "capacity": "beta_vae, capacity",
+          "factor_vae": "factor_vae", "beta_tc_vae": "beta_tc_vae", "dip_vae": "dip_vae (I)"}
+
+
+def table(result: dict) -> str:
+    """The markdown table of bench/README: per model and protocol, each metric's mean over the seeds and
+    its range (min-max) where there are several, then active units and recon_bce."""
+    def cell(values: list) -> str:
+        values = [v for v in values if v is not None]
+        if not values:
+            return "n/a"
+        mean = f"{sum(values) / len(values):.3f}"
+        return mean if len(values) == 1 else f"{mean} ({min(values):.3f}-{max(values):.3f})"
+
+    lines = ["| model | seeds | protocol | " + " | ".join(METRICS) + " | active units | recon_bce |",
+             "| --- | ---: | --- | " + " | ".join("---:" for _ in METRICS) + " | ---: | ---: |"]
+    for name, r in result["results"].items():
+        runs = list(r["seeds"].values())
+        for protocol in ("papers", "dlib"):
+            first = protocol == "papers"
+            extra = ([cell([x["active_units"] for x in runs]).replace(".000", ""),
+                      f"{sum(x['recon_bce'] for x in runs) / len(runs):.1f}"] if first else ["", ""])
+            lines.append(f"| {LABELS[name] if first else ''} | {len(runs) if first else ''} | {protocol} | "
+                         + " | ".join(cell([x[f"{protocol}/{m}"] for x in runs]) for m in METRICS)
+                         + " | " + " | ".join(extra) + " |")
+    return "\n".join(lines)
 
 
 def write(args) -> None:
