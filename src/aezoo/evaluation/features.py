@@ -33,36 +33,56 @@ LINEAR_L2 = 1e-4
 MAX_TRAIN_NUMBERS = 2**27  # fewer training codes for very wide codes (flattened code maps): 512 MB at most
 
 
+def codes_products(a: torch.Tensor):
+    """The two products with the fixed codes a (N, F) that each loss evaluation of the linear probe makes,
+    as functions: (w (C, F), b (C,)) -> a w^T + b (N, C), and g (N, C) -> g^T a (C, F). On the CPU they
+    run through oneDNN (the kernels of torch.compile's CPU linear layers), a^T packed once into its
+    layout (a copy of a's size): with C = 10 columns, MKL's products, which torch.mm and autograd call,
+    are about 3x slower on one thread (bench/eval_speed.py). Elsewhere, or without oneDNN, torch.mm."""
+    mkldnn = torch.ops.mkldnn
+    if a.device.type != "cpu" or not torch.backends.mkldnn.is_available() or not hasattr(mkldnn, "_linear_pointwise"):
+        return (lambda w, b: torch.addmm(b, a, w.T)), (lambda g: g.T @ a)
+    packed = mkldnn._reorder_linear_weight(a.T.contiguous(), 16)
+    return ((lambda w, b: mkldnn._linear_pointwise(a, w, b, "none", [], "")),
+            (lambda g: mkldnn._linear_pointwise(g.T.contiguous(), packed, None, "none", [], "")))
+
+
 def fit_linear_probe(train: torch.Tensor, train_y: torch.Tensor, classes: int, iters: int = LINEAR_ITERS,
                      l2: float = LINEAR_L2, bar=None):
     """Softmax regression fitted to codes `train` (N, F) with integer labels `train_y` (N,) in
     [0, classes): mean cross-entropy + l2/2 ||W||^2 minimised by L-BFGS, on codes standardised with the
     training codes' statistics. Returns the classifier: codes (Q, F) -> predicted labels (Q,). `bar`, a
-    progress bar (`progress.progress`), counts the evaluations of the loss."""
+    progress bar (`progress.progress`), counts the evaluations of the loss.
+
+    The gradient is written out, not left to autograd: with logits l = a w^T + b and p = softmax(l),
+    d/dl of the mean cross-entropy is (p - onehot(y)) / N, so dw = (p - onehot(y))^T a / N + l2 w and
+    db = sum_n (p - onehot(y))_n / N, the two products with the codes by `codes_products`."""
     mean, std = train.mean(0), train.std(0)
     std = torch.where(std > 1e-6, std, torch.ones_like(std))  # constant features (dead units) stay 0
     a = (train - mean) / std
-    # w is (classes, width), nn.Linear's layout: the gradient of a w^T is then the product (classes, N) (N,
-    # width); a (width, classes) w makes autograd form (width, N) (N, classes) from a transposed view of the
-    # codes, which MKL computes about 10x slower on one thread (bench/eval_speed.py). The same problem.
-    w = torch.zeros(classes, a.shape[1], device=a.device, requires_grad=True)
-    bias = torch.zeros(classes, device=a.device, requires_grad=True)
+    logits_of, weight_gradient = codes_products(a)
+    w = torch.zeros(classes, a.shape[1], device=a.device)  # nn.Linear's (classes, width) layout
+    bias = torch.zeros(classes, device=a.device)
+    rows = torch.arange(len(a), device=a.device)
     opt = torch.optim.LBFGS([w, bias], lr=1, max_iter=iters, history_size=20, line_search_fn="strong_wolfe",
                             tolerance_grad=1e-6, tolerance_change=1e-9)
 
     def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(F.linear(a, w, bias), train_y) + 0.5 * l2 * w.pow(2).sum()
-        loss.backward()
+        logits = logits_of(w, bias)
+        log_norm = logits.logsumexp(1)
+        loss = (log_norm - logits[rows, train_y]).mean() + 0.5 * l2 * w.pow(2).sum()
+        g = (logits - log_norm.unsqueeze(1)).exp_()
+        g[rows, train_y] -= 1
+        g /= len(a)
+        w.grad, bias.grad = weight_gradient(g) + l2 * w, g.sum(0)
         if bar is not None:
             bar.update(1)
         return loss
 
-    with torch.enable_grad():
+    with torch.no_grad():
         opt.step(closure)
     if bar is not None:
         bar.close()
-    w, bias = w.detach(), bias.detach()
     return lambda codes: F.linear((codes - mean) / std, w, bias).argmax(1)
 
 
