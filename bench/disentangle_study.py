@@ -19,7 +19,8 @@ Runs live in OUT/s<seed>/<model>, are trained once (checkpointed every 500 steps
 continues each run from its checkpoint when started again with the same arguments) and evaluated once
 (bench_eval.json in the run), in the order seed 0 of every model, then seed 1, ..., one torch thread
 per process. After every run the JSON is rewritten from all the evaluated runs under
-OUT, so processes sharing OUT (each given some --models) make one JSON. The committed JSON:
+OUT, so processes sharing OUT (each given some --models or --seeds) make one JSON, and from the runs the
+JSON held before at the same --steps and --lr (a later session's seeds are added). The committed JSON:
 
     run="nice -n 5 env OMP_NUM_THREADS=1 .venv/bin/python bench/disentangle_study.py --out /work/runs/h16/study
          --steps 800 --seeds 0"
@@ -186,7 +187,8 @@ def table(result: dict) -> str:
         runs = list(r["seeds"].values())
         for protocol in ("papers", "dlib"):
             first = protocol == "papers"
-            extra = ([cell([x["active_units"] for x in runs]).replace(".000", ""),
+            units = [x["active_units"] for x in runs]
+            extra = ([f"{sum(units) / len(units):g}" + (f" ({min(units)}-{max(units)})" if len(set(units)) > 1 else ""),
                       f"{sum(x['recon_bce'] for x in runs) / len(runs):.1f}"] if first else ["", ""])
             lines.append(f"| {LABELS[name] if first else ''} | {len(runs) if first else ''} | {protocol} | "
                          + " | ".join(cell([x[f"{protocol}/{m}"] for x in runs]) for m in METRICS)
@@ -195,27 +197,35 @@ def table(result: dict) -> str:
 
 
 def write(args) -> None:
-    """The JSON from every evaluated run under OUT (so that processes sharing OUT each write all of them)."""
+    """The JSON from every evaluated run under OUT (so that processes sharing OUT each write all of them)
+    and the runs the committed JSON already holds at the same budget: a machine's run folders need not
+    outlive a session, so a later session adds its seeds to the JSON."""
+    path = Path(__file__).with_suffix(".json")
     results: dict = {}
+    if path.exists():
+        earlier = json.loads(path.read_text())
+        if (earlier["budget"]["steps"], earlier["budget"]["lr"]) == (args.steps, args.lr):
+            results = earlier["results"]
     for done in sorted(Path(args.out).glob("s*/*/bench_eval.json")):
-        name, seed = done.parent.name, int(done.parent.parent.name[1:])
+        name, seed = done.parent.name, done.parent.parent.name[1:]
         model_name, model = MODELS[name]
         results.setdefault(name, {"model": model_name, "settings": model, "seeds": {}})["seeds"][seed] = (
             json.loads(done.read_text()))
     cpu = 0.0
     for r in results.values():
+        r["seeds"] = dict(sorted(r["seeds"].items(), key=lambda item: int(item[0])))
         runs = list(r["seeds"].values())
         r["mean"] = {k: sum(x[k] for x in runs) / len(runs) for k in runs[0]
                      if k.split("/")[-1] in METRICS and all(x[k] is not None for x in runs)}
         cpu += sum(x["encode_cpu_s"] + x["papers_cpu_s"] + x["dlib_cpu_s"] for x in runs)
-    planned = [(int(seed), name) for seed in args.seeds.split(",") for name in args.models.split(",")]
+    planned = [(seed, name) for seed in args.seeds.split(",") for name in args.models.split(",")]
     write_result(__file__, {
         "budget": {"steps": args.steps, "batch_size": 64, "lr": args.lr, "images_seen": args.steps * 64,
                    "epochs": args.steps * 64 / 735_280, "torch_threads": 1, "metric_samples": METRIC_SAMPLES,
-                   "eval_cpu_s_spent": round(cpu, 1), "cpu_budget_s": 3_600,
+                   "eval_cpu_s_spent": round(cpu, 1),
                    "published_budget": "Locatello et al. 2019: 300,000 steps of 64 (19.2M images) per model"},
         "published": PUBLISHED,
-        "results": results,
+        "results": {name: results[name] for name in MODELS if name in results},
         "not_run": [f"s{seed}/{name}" for seed, name in planned if seed not in results.get(name, {}).get("seeds", {})],
     })
 
