@@ -2,17 +2,21 @@
 process's CPU seconds (time.process_time, one thread: what a shared machine's load does not stretch).
 
 "Before" is the code of commit bd434a7, "after" this checkout; both run here, in turn, on the same run
-folders, as subprocesses importing aezoo from their own source tree (--base-src: a worktree of bd434a7,
-`git worktree add BASE bd434a7`). Each subprocess does what `evaluate` does (the run loaded, the
-evaluators that apply run in order from torch.manual_seed(EVAL_SEED)) and times every evaluator, on
-the first --limit examples of the evaluated split (the disentanglement metrics' factor-grid samples
-keep their configured size):
+folders, as subprocesses importing aezoo from their own source tree (--base-src: the src folder of a
+worktree of bd434a7, `git worktree add BASE bd434a7`, or of `git archive bd434a7 src | tar -x -C BASE`).
+Each subprocess does what `evaluate` does (the run loaded, the evaluators that apply run in order from
+torch.manual_seed(EVAL_SEED)) and times every evaluator, on the first --limit examples of the evaluated
+split (the disentanglement metrics' factor-grid samples keep their configured size):
 
   - the VAE's IWAE estimate of -log p(x) at k = 5000 (--vae RUN, eval.nll_k set to 5000), the
     `likelihood` evaluator alone, on the first --iwae-limit test images; both versions draw the same
     z from the same seed, so their estimates differ only by float rounding, and the spread of the
     per-example estimates (standard error of the mean) is given beside them (after the timing);
   - vqvae2 with its PixelSNAIL priors on MNIST (--vqvae2 RUN; --skip leaves evaluators out);
+  - vqvae2's whole `aezoo eval` as a user gets it (--vqvae2-whole RUN): every evaluator, the feature
+    probes and retrieval included, on all 10,000 test images, with the config's eval settings
+    (eval.probe_train = 10,000 training codes); measured on a copy of the zoo's vqvae2-mnist (its
+    gated PixelCNN priors included);
   - vqvae2's `feature_probes` alone (--vqvae2-probes RUN), on --probe-train training codes (10,000 in
     the config; fewer here to fit the session's CPU share), 8,192 wide;
   - beta_vae on dSprites (--beta-vae RUN).
@@ -25,6 +29,8 @@ earlier invocation and not to this one are kept from eval_speed.json.
         --skip feature_probes,retrieval --limit 500 --iwae-limit 100
     .venv/bin/python bench/eval_speed.py --base-src /work/runs/h18speed/base/src \\
         --vqvae2-probes /work/runs/h18speed/vqvae2 --limit 500 --probe-train 2000
+    cp -r src/aezoo/zoo/vqvae2-mnist /tmp/h18/vqvae2
+    .venv/bin/python bench/eval_speed.py --base-src /tmp/h18/base/src --vqvae2-whole /tmp/h18/vqvae2
 
 Measurements behind two choices, one thread, CPU seconds, on this machine (AMD EPYC, AVX-512, torch
 2.13 with oneDNN 3.12 and MKL 2024.2), outside this script:
@@ -36,6 +42,32 @@ Measurements behind two choices, one thread, CPU seconds, on this machine (AMD E
   - the linear probe's weight layout: one loss evaluation (forward and backward) on 10,000 x 8,192
     codes and 10 classes took 1.07 s with w (8192, 10) and logits a @ w, 0.19 s with w (10, 8192) and
     F.linear; the difference is autograd's a.T @ grad (0.81 s) against (grad.T @ a).T (0.07 s).
+  - the linear probe's products through oneDNN (`evaluation.features.codes_products`): on 10,000 x
+    8,192 random codes and 10 classes, a w^T + b took 87 ms by F.linear (MKL), 31 ms by oneDNN's
+    linear; g^T a 81 ms by torch.mm (MKL), 25 ms by oneDNN with a^T packed once (40 ms unpacked).
+    MKL's skinny products run at about 20 GFLOP/s there, and are not memory-bound (a.sum() reads the
+    codes in 13 ms); one pass over rows in chunks that stay in the cache, forward and gradient
+    together, measured no faster (155 ms against autograd's 151 ms for a loss evaluation).
+
+What is left of vqvae2's whole evaluation (vqvae2_whole_eval, after): mostly the linear probe's ~210
+L-BFGS loss evaluations, the neighbour search's one 10,000 x 10,000 x 8,192 product (1.6 TFLOP, at
+about 80 GFLOP/s), the prior's log-probabilities (batches of 1,000 instead of 500 and
+torch.inference_mode measured no faster) and, in codebook_health, the two 512-bar plots. The probe's
+accuracy is the one estimate that moved: the L-BFGS path's rounding moves a few of the 10,000 test
+predictions (with the same codes: 0.9326 in bd434a7's form, w (width, classes) and autograd; 0.9323
+to 0.9325 in the later forms), while the query codes looked up from the code maps instead of `encode`
+(max difference 1.2e-7) moved none.
+
+What keeps the IWAE at k = 5000 from 3x (vae_iwae_k5000), measured the same way, outside this script:
+per test image, the Burda MLP VAE of configs/vae_burda2015.toml (784-200-200-50, tanh, Bernoulli;
+untrained weights, which the time does not depend on), its 5000 samples decoded in the 15 blocks of
+334 that `models.vae.DECODE_BLOCK` makes, the median of 15 repetitions in each of two runs on the
+loaded machine: `log_weights` 45.6 / 49.2 ms, of which the decoder 36.4 / 31.3 ms (57 / 66 GFLOP/s
+of its 2.07 GFLOP) and the likelihood (x.l - softplus(l), summed) 8.6 / 7.9 ms. The decoder's three
+products alone, without bias or tanh, took 23.1 / 25.1 ms (90 / 82 GFLOP/s; torch.mm of 334 x 200 by
+200 x 784 runs at 92 / 88 GFLOP/s). A decoder as fast as its products would leave 32 / 43 ms of the
+46 / 49: at most about 1.1-1.4x in float32 without changing the arithmetic (fewer samples, lower
+precision), whatever is done around it.
 """
 
 from __future__ import annotations
@@ -96,7 +128,7 @@ stages = {"load": time.perf_counter() - started}
 cpu = {"load": time.process_time() - cpu_started}
 split = cfg.eval.split
 for d in (ds.x, ds.labels, ds.factors):
-    if split in d:
+    if split in d and limit:
         d[split] = d[split][:limit]
 if nll_k:
     cfg.eval.nll_k = nll_k
@@ -155,6 +187,7 @@ def main() -> None:
     p.add_argument("--vqvae2", help="a vqvae2 run with its prior")
     p.add_argument("--vae", help="a VAE run on binarised MNIST")
     p.add_argument("--vqvae2-probes", help="the vqvae2 run again, its feature_probes alone")
+    p.add_argument("--vqvae2-whole", help="the vqvae2 run again, its whole evaluation with the config's settings")
     p.add_argument("--probe-train", type=int, default=2000, help="training codes of the feature probes (that case)")
     p.add_argument("--limit", type=int, default=2000, help="examples of the evaluated split (beta_vae, vqvae2)")
     p.add_argument("--skip", default="", help="evaluators left out for vqvae2, comma-separated (e.g. feature_probes)")
@@ -165,6 +198,7 @@ def main() -> None:
         ("vae_iwae_k5000", args.vae, args.iwae_limit, 5000, "likelihood"),
         ("vqvae2_with_priors", args.vqvae2, args.limit, 0, "all"),
         ("vqvae2_feature_probes", args.vqvae2_probes, args.limit, 0, "feature_probes"),
+        ("vqvae2_whole_eval", args.vqvae2_whole, 0, 0, "all"),
         ("beta_vae_dsprites", args.beta_vae, args.limit, 0, "all"),
     ) if case[1]]
     # cases of an earlier invocation that this one does not run again are kept
@@ -173,7 +207,7 @@ def main() -> None:
     for name, run, limit, nll_k, only in cases:
         skipped = args.skip.split(",") if args.skip and name == "vqvae2_with_priors" else []
         probe_train = args.probe_train if only == "feature_probes" else 0
-        row = {"run": run, "examples": limit, "skipped": skipped}
+        row = {"run": run, "examples": limit or "all", "skipped": skipped}
         if probe_train:
             row["probe_train"] = probe_train
         for v, src in versions.items():
