@@ -188,7 +188,8 @@ def table(result: dict) -> str:
         for protocol in ("papers", "dlib"):
             first = protocol == "papers"
             units = [x["active_units"] for x in runs]
-            extra = ([f"{sum(units) / len(units):g}" + (f" ({min(units)}-{max(units)})" if len(set(units)) > 1 else ""),
+            spread = f" ({min(units)}-{max(units)})" if len(set(units)) > 1 else ""
+            extra = ([f"{sum(units) / len(units):.3g}{spread}",
                       f"{sum(x['recon_bce'] for x in runs) / len(runs):.1f}"] if first else ["", ""])
             lines.append(f"| {LABELS[name] if first else ''} | {len(runs) if first else ''} | {protocol} | "
                          + " | ".join(cell([x[f"{protocol}/{m}"] for x in runs]) for m in METRICS)
