@@ -20,19 +20,16 @@ continues each run from its checkpoint when started again with the same argument
 (bench_eval.json in the run), in the order seed 0 of every model, then seed 1, ..., one torch thread
 per process. After every run the JSON is rewritten from all the evaluated runs under
 OUT, so processes sharing OUT (each given some --models or --seeds) make one JSON, and from the runs the
-JSON held before at the same --steps and --lr (a later session's seeds are added). The committed JSON:
+JSON held before at the same --steps and --lr (a later session's seeds are added). The committed JSON
+(2026-12-07, four processes on 2 cores beside other jobs):
 
-    run="nice -n 5 env OMP_NUM_THREADS=1 .venv/bin/python bench/disentangle_study.py --out /work/runs/h16/study
-         --steps 800 --seeds 0"
-    $run --models beta1 & $run --models beta4 & $run --models capacity &   # trained, then stopped
-    $run --no-dlib-dci --models beta1 & ... beta4 & ... capacity &           # evaluated
-    $run --collect --models beta1,beta4,capacity,factor_vae,beta_tc_vae,dip_vae
-It is a fragment of the study: on a machine at a load average of ~17 on 2 cores each process got ~6% of
-a core (800 steps took ~35 min of wall time), so factor_vae, beta_tc_vae and dip_vae (started the same
-way) were stopped near step 50, and dlib's DCI (100 boosting stages times one tree per class of each factor,
-40 for orientation: more than 5 min of CPU for one run here) was left out (null). The JSON lists what was not
-run; `$run --models factor_vae` (and the others), then runs without --no-dlib-dci after removing their
-bench_eval.json, complete it.
+    run="env OMP_NUM_THREADS=1 .venv/bin/python bench/disentangle_study.py --out /work/longruns/study --steps 2000"
+    $run --seeds 0 & $run --seeds 1 & $run --seeds 2 --models beta1,beta4,capacity &
+    $run --seeds 2 --models factor_vae,beta_tc_vae,dip_vae &
+    $run --collect --seeds 0,1,2
+
+`--table` prints bench/README's table from it. dlib's DCI (100 boosting stages with one tree per class of
+every factor) is most of each run's evaluation: 5-6 min of CPU; --no-dlib-dci leaves it out (null).
 """
 
 from __future__ import annotations
