@@ -39,6 +39,12 @@ class EvalContext:
     run: RunFolder
     _codes: dict = field(default_factory=dict, repr=False)  # codes computed once, for every evaluator
 
+    def once(self, key, compute):
+        """`compute()`, computed once per evaluation under `key` for every evaluator that asks."""
+        if key not in self._codes:
+            self._codes[key] = compute()
+        return self._codes[key]
+
     def batches(self, batch_size: int | None = None) -> Batches:
         """The evaluated split in order, binarised as in training with a fixed seed."""
         return Batches(self.dataset, self.split, batch_size or self.cfg.eval.batch_size,

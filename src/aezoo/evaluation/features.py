@@ -145,12 +145,12 @@ def knn_predict(train: torch.Tensor, train_y: torch.Tensor, query: torch.Tensor,
 def code_neighbours(ctx: EvalContext, n: int, k: int) -> dict[str, torch.Tensor]:
     """`neighbours` of the split's codes among the first n training codes, in both metrics, for every
     evaluator that asks (the k-NN probe and retrieval search the same codes): computed once."""
-    key = ("neighbours", n, k)
-    if key not in ctx._codes:
+    def search() -> dict[str, torch.Tensor]:
         train, query = ctx.train_codes(n), ctx.split_codes()
-        ctx._codes[key] = neighbours(train, query, k, ("euclidean", "cosine"), progress=lambda chunks: ctx.progress(
+        return neighbours(train, query, k, ("euclidean", "cosine"), progress=lambda chunks: ctx.progress(
             chunks, f"nearest neighbours of {len(query):,} codes among {len(train):,}"))
-    return ctx._codes[key]
+
+    return ctx.once(("neighbours", n, k), search)
 
 
 def labelled(model, ds) -> bool:
