@@ -53,22 +53,22 @@ class EvalContext:
     def split_codes(self) -> torch.Tensor:
         """The model's flattened codes (N, F) of the evaluated split, in order; encoded once. For a model
         with discrete codes, the code vectors of `split_code_maps` (what `encode` gives, to float rounding)."""
-        if "split" not in self._codes:
+        def encode() -> torch.Tensor:
             if isinstance(self.model, CodeModel):
                 codes = [self.model.code_vectors(maps) for maps in self.split_code_maps()]
             else:
                 codes = [self.model.encode(x) for x in self.progress(self.batches(), "encoding the split")]
-            self._codes["split"] = torch.cat([c.flatten(1).float() for c in codes])
-        return self._codes["split"]
+            return torch.cat([c.flatten(1).float() for c in codes])
+
+        return self.once("split", encode)
 
     @torch.no_grad()
     def split_code_maps(self) -> list[list[torch.Tensor]]:
         """For a model with discrete codes: the code maps (`CodeModel.codes`) of each batch of `batches()`,
         computed once for every evaluator that reads them (codebook usage, bits/dim, reconstructions,
         the probes' codes)."""
-        if "maps" not in self._codes:
-            self._codes["maps"] = [self.model.codes(x) for x in self.progress(self.batches(), "encoding the split")]
-        return self._codes["maps"]
+        return self.once("maps", lambda: [self.model.codes(x) for x in self.progress(self.batches(),
+                                                                                     "encoding the split")])
 
     def train_inputs(self, n: int) -> torch.Tensor:
         """The first n training examples as the model sees them (N, D): [0, 1] data binarised as in
@@ -79,12 +79,13 @@ class EvalContext:
 
     def train_codes(self, n: int) -> torch.Tensor:
         """The model's flattened codes (n, F) of `train_inputs(n)`; encoded once."""
-        if ("train", n) not in self._codes:
+        def encode() -> torch.Tensor:
             shape = self.dataset.x["train"].shape[1:]
             chunks = self.train_inputs(n).split(self.cfg.eval.batch_size)
-            self._codes["train", n] = torch.cat([self.model.encode(x.view(-1, *shape)).flatten(1).float()
-                                                 for x in self.progress(chunks, "encoding the training split")])
-        return self._codes["train", n]
+            return torch.cat([self.model.encode(x.view(-1, *shape)).flatten(1).float()
+                              for x in self.progress(chunks, "encoding the training split")])
+
+        return self.once(("train", n), encode)
 
     def progress(self, iterable, desc: str):
         return progress(iterable, desc)
