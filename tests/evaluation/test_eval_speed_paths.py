@@ -18,7 +18,7 @@ from aezoo.config import EvalConfig, RunConfig
 from aezoo.data import Dataset
 from aezoo.distributions import standard_normal_log_prob
 from aezoo.evaluation import EVALUATORS
-from aezoo.evaluation.base import EVAL_SEED, FEW_CHANNELS, EvalContext, cpu_inference
+from aezoo.evaluation.base import EVAL_SEED, FEW_CHANNELS, EvalContext, cpu_inference, in_place_activations
 from aezoo.evaluation.features import (
     LINEAR_ITERS,
     LINEAR_L2,
@@ -114,15 +114,57 @@ def test_cpu_inference_gives_the_plain_outputs_and_restores_the_model(likelihood
     z = torch.randn(5, 3)
     plain = (model.encoder(x), model.decoder(z))
     weights = {name: p.clone() for name, p in model.named_parameters()}
+    relus = [m for m in model.modules() if isinstance(m, torch.nn.ReLU)]
     with cpu_inference(model):
         assert model.decoder.body[0].weight.is_contiguous(memory_format=torch.channels_last)
+        assert relus and all(m.inplace for m in relus)  # each follows a layer in a Sequential
         fast = (model.encoder(x), model.decoder(z))
     for a, b in zip(fast, plain):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     for name, p in model.named_parameters():
         assert p.is_contiguous() and torch.equal(p, weights[name]), name
+    assert not any(m.inplace for m in relus)
     assert all("forward" not in vars(m) for m in model.modules())
     assert torch.backends.mkldnn.enabled
+
+
+@torch.no_grad()
+def test_only_activations_that_are_the_sole_reader_of_a_fresh_output_work_in_place():
+    """In a residual block x + f(x), f = Sequential(ReLU, Conv, ReLU, Conv), the first ReLU reads the
+    block's input, which the sum reads again: only the second may overwrite its input. Nor may an
+    activation after a layer whose output a hook keeps, or after a view (Flatten)."""
+
+    class Residual(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.ReLU(),
+                                         torch.nn.Conv2d(4, 4, 1))
+
+        def forward(self, x):
+            return x + self.f(x)
+
+    kept = []
+    hooked = torch.nn.Linear(64, 8)
+    hooked.register_forward_hook(lambda module, args, out: kept.append(out.clone()) or None)
+    stored = torch.nn.Linear(64, 8)
+    stored.register_forward_hook(lambda module, args, out: kept.append(out))
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), Residual(), torch.nn.Flatten(), torch.nn.ELU())
+    heads = torch.nn.ModuleList([torch.nn.Sequential(layer, torch.nn.ReLU()) for layer in (hooked, stored)])
+    model = torch.nn.ModuleDict({"net": net, "heads": heads})
+    x = torch.randn(3, 1, 4, 4)
+
+    def run():
+        kept.clear()
+        h = net(x)
+        return [h, *(head(h) for head in heads), *kept]
+
+    plain = run()
+    assert in_place_activations(model) == [net[1].f[2]]
+    with cpu_inference(model):
+        fast = run()
+    for a, b in zip(fast, plain, strict=True):
+        torch.testing.assert_close(a, b)
+    assert kept[1].min() < 0  # the stored output was not overwritten by its ReLU
 
 
 @torch.no_grad()

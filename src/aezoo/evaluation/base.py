@@ -29,6 +29,12 @@ __all__ = ["EVAL_SEED", "EvalContext", "Evaluator", "EVALUATORS", "cpu_inference
 # them and is the faster one up to about 4 (bench/eval_speed.py's docstring).
 FEW_CHANNELS = 4
 
+# Layers whose output is a new tensor, and activations that can overwrite their input: inside an
+# nn.Sequential such an activation right after such a layer is the only reader of that output, so it may
+# work in place (no new buffer to allocate and first touch, one pass over memory fewer).
+FRESH_OUTPUT = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+IN_PLACE_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.CELU, nn.SELU, nn.SiLU, nn.Hardtanh, nn.Mish)
+
 
 @dataclass
 class EvalContext:
@@ -95,9 +101,11 @@ class EvalContext:
 def cpu_inference(model: nn.Module):
     """On the CPU, for the duration of the block: the model's 4-d weights in channels-last layout, the
     one oneDNN's convolutions compute in, so that their activations are not reordered before and after
-    every layer; and transposed convolutions to at most FEW_CHANNELS channels computed by PyTorch's own
-    kernel. Only the layout changes, not a weight's value; on exit the weights are contiguous again.
-    Outputs agree with the plain path's to float rounding. Nothing changes on other devices."""
+    every layer; transposed convolutions to at most FEW_CHANNELS channels computed by PyTorch's own
+    kernel; and the activations that directly follow a layer in an nn.Sequential computed in place
+    (`in_place_activations`). Only the layout changes, not a weight's value; on exit the weights are
+    contiguous again and the activations as they were. Outputs agree with the plain path's to float
+    rounding. Nothing changes on other devices."""
     weight = next(model.parameters(), None)
     if weight is None or weight.device.type != "cpu":
         yield
@@ -105,6 +113,9 @@ def cpu_inference(model: nn.Module):
     narrow = [m for m in model.modules() if isinstance(m, nn.ConvTranspose2d) and m.out_channels <= FEW_CHANNELS]
     for m in narrow:
         m.forward = functools.partial(_without_onednn, m)
+    activations = in_place_activations(model)
+    for act in activations:
+        act.inplace = True
     model.to(memory_format=torch.channels_last)
     try:
         yield
@@ -112,6 +123,21 @@ def cpu_inference(model: nn.Module):
         model.to(memory_format=torch.contiguous_format)
         for m in narrow:
             del m.forward
+        for act in activations:
+            act.inplace = False
+
+
+def in_place_activations(model: nn.Module) -> list[nn.Module]:
+    """The activations of `model` that may overwrite their input: not in place yet, placed in an
+    nn.Sequential right after a FRESH_OUTPUT layer without forward hooks (a hook may keep that output)."""
+    found = []
+    for seq in model.modules():
+        if isinstance(seq, nn.Sequential):
+            for layer, act in zip(seq, list(seq)[1:]):
+                if (isinstance(layer, FRESH_OUTPUT) and isinstance(act, IN_PLACE_ACTIVATIONS) and not act.inplace
+                        and not layer._forward_hooks and not act._forward_pre_hooks):
+                    found.append(act)
+    return found
 
 
 def _without_onednn(conv: nn.ConvTranspose2d, x: torch.Tensor, output_size=None) -> torch.Tensor:
