@@ -210,6 +210,45 @@ def all_scores(codes, factors=FACTORS):
     }
 
 
+def test_logistic_fit_reaches_the_optimum_a_separate_optimiser_finds():
+    """Newton's fit against torch's L-BFGS run far past convergence on the same objective (mean
+    cross-entropy + 1e-4 / 2 ||W||^2): the same predictions on fresh points, and the objective's
+    gradient at Newton's weights (by autograd) is zero. One class never occurs (the beta-VAE metric
+    asks for a class per factor, constant ones included): it is never predicted."""
+    rng = np.random.default_rng(3)
+    n, d, classes = 3000, 6, 5
+    centres = rng.normal(size=(classes - 1, d))
+    y = rng.integers(0, classes - 1, n)
+    x = centres[y] + rng.normal(size=(n, d))
+    x[:, 2] = 0.0
+    fresh = centres[rng.integers(0, classes - 1, 2000)] + rng.normal(size=(2000, d))
+    fresh[:, 2] = 0.0
+    predict = estimators.fit_logistic(x, y, classes)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+
+    def objective(w, b):
+        return torch.nn.functional.cross_entropy(xt @ w + b, yt) + 0.5e-4 * (w * w).sum()
+
+    w, b = (torch.tensor(a, requires_grad=True) for a in estimators.logistic_regression(x, y, classes))
+    for g in torch.autograd.grad(objective(w, b), (w, b)):
+        assert g.abs().max() < 1e-9
+    w = torch.zeros(d, classes, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(classes, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=2000, tolerance_grad=1e-12, tolerance_change=0,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = objective(w, b)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    reference = (torch.from_numpy(fresh) @ w + b).argmax(1).numpy()
+    assert np.array_equal(predict(fresh), reference)
+    assert (predict(fresh) != classes - 1).all() and (predict(fresh) == reference).mean() == 1
+
+
 def test_the_factors_themselves_score_the_maximum():
     s = all_scores(torch.from_numpy(FACTORS).float())  # torch input too
     assert s["betavae"] == s["factorvae"] == 1.0

@@ -1,4 +1,4 @@
-"""Small estimators the disentanglement metrics are built from, in numpy (and torch for one fit).
+"""Small estimators the disentanglement metrics are built from, in numpy.
 
 Discretised mutual information, the estimator of disentanglement_lib (Locatello et al. 2019), not
 that of Chen et al. 2018: each unit of the codes (the posterior means, one point per example) is cut
@@ -84,24 +84,60 @@ def standardize(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
     return [(a - mean) / std for a in (train, *others)]
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float = 1e-4, iters: int = 100):
-    """Multinomial logistic regression (softmax of an affine map), L2-penalised, fitted by L-BFGS in
-    float64. Returns a function (M, D) -> (M,) predicted classes. x should be standardised."""
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
-    yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
-    w = torch.zeros(x.shape[1], n_classes, dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=iters, tolerance_grad=1e-9, line_search_fn="strong_wolfe")
+def fit_logistic(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float = 1e-4):
+    """Multinomial logistic regression fitted to (x, y) (`logistic_regression`): a function (M, D) ->
+    (M,) of the predicted classes. x should be standardised."""
+    w, b = logistic_regression(x, y, n_classes, l2)
+    return lambda z: np.argmax(np.asarray(z, dtype=np.float64) @ w + b, axis=1)
 
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(xt @ w + b, yt) + 0.5 * l2 * (w * w).sum()
-        loss.backward()
-        return loss
 
-    opt.step(closure)
-    w_, b_ = w.detach().numpy(), b.detach().numpy()
-    return lambda z: np.argmax(np.asarray(z, dtype=np.float64) @ w_ + b_, axis=1)
+def logistic_regression(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float = 1e-4, iters: int = 50,
+                        tol: float = 1e-10) -> tuple[np.ndarray, np.ndarray]:
+    """The weights W (D, C) and b (C,) of the softmax of x W + b minimising the mean cross-entropy +
+    l2 / 2 ||W||^2, by Newton's method in float64.
+
+    The problem is convex and has (D + 1) C parameters (the beta-VAE metric: 10 units, 5 factors), so
+    each Newton step solves its (D + 1) C system exactly and the fit ends at the optimum (gradient
+    below `tol`), where a quasi-Newton method stops after its iteration cap. b is not penalised: the
+    loss is flat along b + t 1 (softmax's shift), a direction the gradient never has, so the least-
+    squares solution of each step leaves it alone. A backtracking line search keeps every step a descent."""
+    x = np.asarray(x, dtype=np.float64)
+    n, d = x.shape
+    onehot = np.eye(n_classes)[np.asarray(y, dtype=np.int64)]
+    xb = np.hstack([x, np.ones((n, 1))])
+    penalty = np.ones((d + 1, 1))
+    penalty[d] = 0.0  # no penalty on b
+    theta = np.zeros((d + 1, n_classes))
+
+    def loss_and_probs(t: np.ndarray) -> tuple[float, np.ndarray]:
+        logits = xb @ t
+        logits -= logits.max(1, keepdims=True)
+        log_z = np.log(np.exp(logits).sum(1, keepdims=True))
+        nll = -(onehot * (logits - log_z)).sum() / n
+        return nll + 0.5 * l2 * (penalty * t * t).sum(), np.exp(logits - log_z)
+
+    loss, probs = loss_and_probs(theta)
+    for _ in range(iters):
+        grad = xb.T @ (probs - onehot) / n + l2 * penalty * theta
+        if np.abs(grad).max() < tol:
+            break
+        # Hessian blocks (c, e): xb^T diag(p_c (1[c = e] - p_e)) xb / n, plus the penalty on the diagonal
+        hess = np.empty((d + 1, n_classes, d + 1, n_classes))
+        for c in range(n_classes):
+            for e in range(c, n_classes):
+                w = probs[:, c] * ((c == e) - probs[:, e])
+                hess[:, c, :, e] = hess[:, e, :, c] = (xb * w[:, None]).T @ xb / n
+        size = (d + 1) * n_classes
+        hess = hess.reshape(size, size) + np.diag(np.repeat(l2 * penalty[:, 0], n_classes))
+        step = np.linalg.lstsq(hess, -grad.reshape(size), rcond=None)[0].reshape(d + 1, n_classes)
+        slope, scale = (grad * step).sum(), 1.0
+        while True:
+            new_loss, new_probs = loss_and_probs(theta + scale * step)
+            if new_loss <= loss + 1e-4 * scale * slope or scale < 1e-10:
+                break
+            scale /= 2
+        theta, loss, probs = theta + scale * step, new_loss, new_probs
+    return theta[:d], theta[d]
 
 
 def fit_lasso(x: np.ndarray, y: np.ndarray, alpha: float, iters: int = 1000, tol: float = 1e-8) -> np.ndarray:
