@@ -19,7 +19,9 @@ split (the disentanglement metrics' factor-grid samples keep their configured si
     gated PixelCNN priors included);
   - vqvae2's `feature_probes` alone (--vqvae2-probes RUN), on --probe-train training codes (10,000 in
     the config; fewer here to fit the session's CPU share), 8,192 wide;
-  - beta_vae on dSprites (--beta-vae RUN).
+  - beta_vae on dSprites (--beta-vae RUN), and its whole `aezoo eval` as a user gets it (--beta-vae-whole
+    RUN): every evaluator on all test images, the run's own eval.metric_samples (configs/beta_vae_dsprites.toml:
+    50,000 factor-grid images) and IWAE k.
 
 One torch thread; /proc/loadavg is read before and after each version's run. Cases given to an
 earlier invocation and not to this one are kept from eval_speed.json.
@@ -31,6 +33,8 @@ earlier invocation and not to this one are kept from eval_speed.json.
         --vqvae2-probes /work/runs/h18speed/vqvae2 --limit 500 --probe-train 2000
     cp -r src/aezoo/zoo/vqvae2-mnist /tmp/h18/vqvae2
     .venv/bin/python bench/eval_speed.py --base-src /tmp/h18/base/src --vqvae2-whole /tmp/h18/vqvae2
+    aezoo train beta_vae --config configs/beta_vae_dsprites.toml --set train.steps=300 --out /work/runs/h18/beta_vae
+    .venv/bin/python bench/eval_speed.py --base-src /tmp/h18/base/src --beta-vae-whole /work/runs/h18/beta_vae
 
 Measurements behind two choices, one thread, CPU seconds, on this machine (AMD EPYC, AVX-512, torch
 2.13 with oneDNN 3.12 and MKL 2024.2), outside this script:
@@ -188,6 +192,7 @@ def main() -> None:
     p.add_argument("--vae", help="a VAE run on binarised MNIST")
     p.add_argument("--vqvae2-probes", help="the vqvae2 run again, its feature_probes alone")
     p.add_argument("--vqvae2-whole", help="the vqvae2 run again, its whole evaluation with the config's settings")
+    p.add_argument("--beta-vae-whole", help="the beta_vae run again, its whole evaluation with the config's settings")
     p.add_argument("--probe-train", type=int, default=2000, help="training codes of the feature probes (that case)")
     p.add_argument("--limit", type=int, default=2000, help="examples of the evaluated split (beta_vae, vqvae2)")
     p.add_argument("--skip", default="", help="evaluators left out for vqvae2, comma-separated (e.g. feature_probes)")
@@ -200,6 +205,7 @@ def main() -> None:
         ("vqvae2_feature_probes", args.vqvae2_probes, args.limit, 0, "feature_probes"),
         ("vqvae2_whole_eval", args.vqvae2_whole, 0, 0, "all"),
         ("beta_vae_dsprites", args.beta_vae, args.limit, 0, "all"),
+        ("beta_vae_dsprites_whole_eval", args.beta_vae_whole, 0, 0, "all"),
     ) if case[1]]
     # cases of an earlier invocation that this one does not run again are kept
     previous = HERE / "eval_speed.json"
