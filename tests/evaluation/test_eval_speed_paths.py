@@ -399,7 +399,16 @@ def _per_evaluator_results(model, ctx) -> dict:
     return out
 
 
-def test_a_whole_evaluation_shares_one_encoding_and_keeps_the_per_evaluator_numbers(tmp_path, monkeypatch):
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_a_whole_evaluation_shares_one_encoding_and_keeps_the_per_evaluator_numbers(tmp_path, monkeypatch,
+                                                                                    one_thread):
     """A tiny untrained vqvae2 (its 64 codes a level initialised by k-means, over 90% of them used on the
     split) with a tiny PixelSNAIL prior, every evaluator that applies, in `evaluate`'s order: the split is encoded once
     (`codes` called once per batch), and every number is the one of the per-evaluator computation: the
@@ -409,7 +418,9 @@ def test_a_whole_evaluation_shares_one_encoding_and_keeps_the_per_evaluator_numb
     part, their cosine distances have near-ties, gaps down to 1e-8, that float32's rounding of the
     query codes and of the normalisation decides either way), and the linear probe by one prediction
     of the 23 (fitted to 60 nearly separable codes with a weak L2, its weights are large: the query
-    codes' rounding, here up to 1e-4 between channels-last `encode` and the looked-up vectors, moves one)."""
+    codes' rounding, here up to 1e-4 between channels-last `encode` and the looked-up vectors, moves one).
+    On one thread: on two, the two computations split their distance products between the threads
+    differently, and a near-tie of the Euclidean retrieval can fall either way."""
     model = _code_model("vqvae2", codebook_size=64, code_dim=8, kmeans_iters=5)
     ctx = _context(model, tmp_path)
     model.on_train_start(ctx.dataset.x["train"])
