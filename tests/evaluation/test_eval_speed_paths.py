@@ -132,7 +132,8 @@ def test_cpu_inference_gives_the_plain_outputs_and_restores_the_model(likelihood
 def test_only_activations_that_are_the_sole_reader_of_a_fresh_output_work_in_place():
     """In a residual block x + f(x), f = Sequential(ReLU, Conv, ReLU, Conv), the first ReLU reads the
     block's input, which the sum reads again: only the second may overwrite its input. Nor may an
-    activation after a layer whose output a hook keeps, or after a view (Flatten)."""
+    activation also held outside a Sequential, one in a Sequential with a forward of its own, one
+    after a layer whose output a hook keeps, or one after a view (Flatten)."""
 
     class Residual(torch.nn.Module):
         def __init__(self):
@@ -143,12 +144,27 @@ def test_only_activations_that_are_the_sole_reader_of_a_fresh_output_work_in_pla
         def forward(self, x):
             return x + self.f(x)
 
+    class Shared(torch.nn.Module):  # its ReLU also runs on the block's input, which the sum reads again
+        def __init__(self):
+            super().__init__()
+            self.act = torch.nn.ReLU()
+            self.f = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 1), self.act)
+
+        def forward(self, x):
+            return x + self.f(self.act(x))
+
+    class Summed(torch.nn.Sequential):  # a Sequential of its own forward
+        def forward(self, x):
+            h = self[0](x)
+            return self[1](h) + h
+
     kept = []
     hooked = torch.nn.Linear(64, 8)
     hooked.register_forward_hook(lambda module, args, out: kept.append(out.clone()) or None)
     stored = torch.nn.Linear(64, 8)
     stored.register_forward_hook(lambda module, args, out: kept.append(out))
-    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), Residual(), torch.nn.Flatten(), torch.nn.ELU())
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), Residual(), Shared(),
+                              Summed(torch.nn.Conv2d(4, 4, 1), torch.nn.ReLU()), torch.nn.Flatten(), torch.nn.ELU())
     heads = torch.nn.ModuleList([torch.nn.Sequential(layer, torch.nn.ReLU()) for layer in (hooked, stored)])
     model = torch.nn.ModuleDict({"net": net, "heads": heads})
     x = torch.randn(3, 1, 4, 4)

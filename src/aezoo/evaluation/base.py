@@ -128,16 +128,24 @@ def cpu_inference(model: nn.Module):
 
 
 def in_place_activations(model: nn.Module) -> list[nn.Module]:
-    """The activations of `model` that may overwrite their input: not in place yet, placed in an
-    nn.Sequential right after a FRESH_OUTPUT layer without forward hooks (a hook may keep that output)."""
-    found = []
-    for seq in model.modules():
-        if isinstance(seq, nn.Sequential):
-            for layer, act in zip(seq, list(seq)[1:]):
-                if (isinstance(layer, FRESH_OUTPUT) and isinstance(act, IN_PLACE_ACTIVATIONS) and not act.inplace
-                        and not layer._forward_hooks and not act._forward_pre_hooks):
-                    found.append(act)
-    return found
+    """The activations of `model` that may overwrite their input: not in place yet, without hooks, and
+    held by plain nn.Sequentials alone (a module held by another, or by a Sequential whose forward is its
+    own, may be called on anything), each time right after a FRESH_OUTPUT layer without forward hooks (a
+    hook may keep that output)."""
+    safe: dict[int, bool] = {}
+    acts = {}
+    for parent in model.modules():
+        children = list(parent._modules.values())
+        chained = isinstance(parent, nn.Sequential) and type(parent).forward is nn.Sequential.forward
+        for i, act in enumerate(children):
+            if not isinstance(act, IN_PLACE_ACTIVATIONS) or act.inplace:
+                continue
+            layer = children[i - 1] if chained and i > 0 else None
+            fresh = isinstance(layer, FRESH_OUTPUT) and not layer._forward_hooks
+            hooked = bool(act._forward_hooks or act._forward_pre_hooks)
+            acts[id(act)] = act
+            safe[id(act)] = safe.get(id(act), True) and fresh and not hooked
+    return [acts[key] for key, ok in safe.items() if ok]
 
 
 def _without_onednn(conv: nn.ConvTranspose2d, x: torch.Tensor, output_size=None) -> torch.Tensor:

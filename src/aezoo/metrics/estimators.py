@@ -131,11 +131,13 @@ def logistic_regression(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float 
         hess = hess.reshape(size, size) + np.diag(np.repeat(l2 * penalty[:, 0], n_classes))
         step = np.linalg.lstsq(hess, -grad.reshape(size), rcond=None)[0].reshape(d + 1, n_classes)
         slope, scale = (grad * step).sum(), 1.0
-        while True:
+        while scale > 1e-10:
             new_loss, new_probs = loss_and_probs(theta + scale * step)
-            if new_loss <= loss + 1e-4 * scale * slope or scale < 1e-10:
+            if new_loss <= loss + 1e-4 * scale * slope:
                 break
             scale /= 2
+        else:  # no step lowers the loss any more: the optimum to float precision
+            break
         theta, loss, probs = theta + scale * step, new_loss, new_probs
     return theta[:d], theta[d]
 
