@@ -43,13 +43,13 @@ class EvalContext:
     cfg: RunConfig
     split: str
     run: RunFolder
-    _codes: dict = field(default_factory=dict, repr=False)  # codes computed once, for every evaluator
+    _once: dict = field(default_factory=dict, repr=False)  # what `once` computed, for every evaluator
 
     def once(self, key, compute):
         """`compute()`, computed once per evaluation under `key` for every evaluator that asks."""
-        if key not in self._codes:
-            self._codes[key] = compute()
-        return self._codes[key]
+        if key not in self._once:
+            self._once[key] = compute()
+        return self._once[key]
 
     def batches(self, batch_size: int | None = None) -> Batches:
         """The evaluated split in order, binarised as in training with a fixed seed."""
@@ -132,20 +132,19 @@ def in_place_activations(model: nn.Module) -> list[nn.Module]:
     held by plain nn.Sequentials alone (a module held by another, or by a Sequential whose forward is its
     own, may be called on anything), each time right after a FRESH_OUTPUT layer without forward hooks (a
     hook may keep that output)."""
-    safe: dict[int, bool] = {}
-    acts = {}
+    candidates, unsafe = {}, set()
     for parent in model.modules():
         children = list(parent._modules.values())
         chained = isinstance(parent, nn.Sequential) and type(parent).forward is nn.Sequential.forward
         for i, act in enumerate(children):
             if not isinstance(act, IN_PLACE_ACTIVATIONS) or act.inplace:
                 continue
+            candidates[id(act)] = act
             layer = children[i - 1] if chained and i > 0 else None
-            fresh = isinstance(layer, FRESH_OUTPUT) and not layer._forward_hooks
-            hooked = bool(act._forward_hooks or act._forward_pre_hooks)
-            acts[id(act)] = act
-            safe[id(act)] = safe.get(id(act), True) and fresh and not hooked
-    return [acts[key] for key, ok in safe.items() if ok]
+            if (not isinstance(layer, FRESH_OUTPUT) or layer._forward_hooks or act._forward_hooks
+                    or act._forward_pre_hooks):
+                unsafe.add(id(act))
+    return [act for key, act in candidates.items() if key not in unsafe]
 
 
 def _without_onednn(conv: nn.ConvTranspose2d, x: torch.Tensor, output_size=None) -> torch.Tensor:
