@@ -3,10 +3,12 @@
 Issue 18 asks for the test NLL at k = 5000 three times faster without changing the estimate beyond its
 own sampling error. In float32 the decoder's products already run at the machine's matrix-product rate
 (bench/README), so the only lever left is lower precision. This script measures that lever on the
-zoo's trained VAE (vae-burda2015, Burda et al.'s 784-200-200-50 network): the decoder and the Bernoulli
-likelihood of `VAE.log_weights` as they are (float32), with the decoder's products in bfloat16 and
-the likelihood in float32 ("bf16 products"), and everything in bfloat16 ("bf16 throughout"). Every
-variant sees the same draws z for the same image. It reports:
+zoo's trained VAE (vae-burda2015, Burda et al.'s 784-200-200-50 network), decoding in the eval's
+blocks of draws: the decoder and the Bernoulli likelihood in float32, with the decoder's products in
+bfloat16 and the likelihood in float32 ("bf16 products"), and everything in bfloat16 ("bf16
+throughout"). The likelihood is written as -softplus(-(2x - 1) l) in every variant (equal to
+`VAE.log_weights`'s x l - softplus(l), one pass fewer), and every variant sees the same draws z for
+the same image. It reports:
 
 - per test image, the difference of each variant's NLL from float32's, against the Monte Carlo spread
   of the float32 estimate itself (two independent sets of 5000 draws), and their means over the images;
