@@ -415,14 +415,6 @@ def _per_evaluator_results(model, ctx) -> dict:
     return out
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_a_whole_evaluation_shares_one_encoding_and_keeps_the_per_evaluator_numbers(tmp_path, monkeypatch,
                                                                                     one_thread):
     """A tiny untrained vqvae2 (its 64 codes a level initialised by k-means, over 90% of them used on the

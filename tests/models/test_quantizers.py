@@ -24,13 +24,7 @@ from aezoo.quantize import (
 )
 from aezoo.registry import entry
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cfg(**kw) -> QuantizerConfig:

@@ -17,14 +17,8 @@ from conftest import run_cli
 TINY = MODELS["vqvae2"].tiny
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tiny models run thousands of small ops (sampling is one pass per position); on the shared
-    machine two threads spin-wait on each of them, several times slower than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# these tiny models run thousands of small ops (sampling is one pass per position)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def vqvae2(shape=(1, 28, 28), **kw) -> VQVAE2:
