@@ -37,8 +37,9 @@ from aezoo.config import make_run_config, merge, parse_overrides, read_config_fi
 from aezoo.data.dsprites import factor_grid
 from aezoo.evaluation import evaluate
 from aezoo.evaluation.disentanglement import encode_grid_sample
+from aezoo.evaluation.likelihood import ACTIVE_UNIT_THRESHOLD
 from aezoo.metrics import scores
-from aezoo.metrics.estimators import fit_logistic, standardize
+from aezoo.metrics.estimators import entropy, fit_logistic, standardize
 from aezoo.registry import entry
 from aezoo.runfolder import load_run, read_metrics
 from aezoo.train import resume, train
@@ -83,14 +84,21 @@ def run_curve(out: Path, beta: float, seed: int, budget: int, points: list[int],
         print(json.dumps({k: v for k, v in point.items() if k != "kl_per_dim"}), flush=True)
 
 
-def betavae_by_factor(run: Path) -> dict:
-    """The beta-VAE metric of the run's weights split by the factor held fixed: the accuracy on the points
-    of each factor, and the confusion matrix (rows: the factor held fixed, columns: the classifier's
-    answer). Same codes, pairs and classifier as `scores.betavae_score` in the evaluation, so the
-    accuracies' mean over the points is that score."""
+def diagnose(run: Path) -> dict:
+    """What the run's weights hold, from one sample of the factor grid's codes:
+
+    - betavae_by_factor: the beta-VAE metric split by the factor held fixed, the accuracy on the points
+      of each factor and the confusion matrix (rows: the factor held fixed, columns: the classifier's
+      answer). Same codes, pairs and classifier as `scores.betavae_score` in the evaluation, so the
+      accuracies' mean over the points is that score.
+    - mi_by_unit: for each active unit (Var(E[z_u]) > 0.01 over the grid sample: the criterion of the
+      evaluation's active_units), its mutual information with each factor over the factor's entropy,
+      I(z_u; v_k) / H(v_k), binned as MIG bins it; a unit holding one factor alone has one large entry
+      in its row."""
     model, dataset, cfg, _ = load_run(run)
     grid = factor_grid(dataset)
     codes, factors = encode_grid_sample(model, grid, cfg.eval.metric_samples, cfg.eval.batch_size)
+    names = list(grid.names)
     n_train, n_eval, batch = 10_000, 5_000, 64  # scores.betavae_score's defaults
     rng = np.random.default_rng(0)
     first, second, fixed = (np.concatenate(p) for p in zip(scores.betavae_pairs(factors, n_train, batch, rng),
@@ -99,11 +107,16 @@ def betavae_by_factor(run: Path) -> dict:
     x_train, x_eval = standardize(diffs[:n_train], diffs[n_train:])
     predict = fit_logistic(x_train, fixed[:n_train], factors.shape[1])
     truth, answer = fixed[n_train:], predict(x_eval)
-    names = list(grid.names)
     ks = sorted(set(truth.tolist()))
     confusion = [[int(((truth == k) & (answer == j)).sum()) for j in ks] for k in ks]
-    return {"score": float((answer == truth).mean()), "factors": [names[k] for k in ks],
-            "accuracy": {names[k]: float((answer[truth == k] == k).mean()) for k in ks}, "confusion": confusion}
+    by_factor = {"score": float((answer == truth).mean()), "factors": [names[k] for k in ks],
+                 "accuracy": {names[k]: float((answer[truth == k] == k).mean()) for k in ks},
+                 "confusion": confusion}
+    active = np.flatnonzero(codes.var(0) > ACTIVE_UNIT_THRESHOLD)
+    normalised = scores.mutual_info_matrix(codes[:, active], factors[:, ks]) / entropy(factors[:, ks])
+    by_unit = {"factors": [names[k] for k in ks], "units": active.tolist(),
+               "normalised_mi": np.round(normalised, 3).tolist()}
+    return {"betavae_by_factor": by_factor, "mi_by_unit": by_unit}
 
 
 def collect(out: Path) -> None:
@@ -112,8 +125,7 @@ def collect(out: Path) -> None:
         progress = run / "bench_curve.json"
         if progress.exists():
             runs[run.name] = {"curve": json.loads(progress.read_text()),
-                              "pieces": pieces(read_metrics(run / "metrics.jsonl")),
-                              "betavae_by_factor": betavae_by_factor(run)}
+                              "pieces": pieces(read_metrics(run / "metrics.jsonl")), **diagnose(run)}
     if not runs:
         raise SystemExit(f"no runs with a curve under {out}")
     fig, axes = plt.subplots(2, 4, figsize=(16, 7), constrained_layout=True)
