@@ -108,13 +108,14 @@ def diagnose(run: Path) -> dict:
     predict = fit_logistic(x_train, fixed[:n_train], factors.shape[1])
     truth, answer = fixed[n_train:], predict(x_eval)
     ks = sorted(set(truth.tolist()))
+    factor_names = [names[k] for k in ks]
     confusion = [[int(((truth == k) & (answer == j)).sum()) for j in ks] for k in ks]
-    by_factor = {"score": float((answer == truth).mean()), "factors": [names[k] for k in ks],
+    by_factor = {"score": float((answer == truth).mean()), "factors": factor_names,
                  "accuracy": {names[k]: float((answer[truth == k] == k).mean()) for k in ks},
                  "confusion": confusion}
     active = np.flatnonzero(codes.var(0) > ACTIVE_UNIT_THRESHOLD)
     normalised = scores.mutual_info_matrix(codes[:, active], factors[:, ks]) / entropy(factors[:, ks])
-    by_unit = {"factors": [names[k] for k in ks], "units": active.tolist(),
+    by_unit = {"factors": factor_names, "units": active.tolist(),
                "normalised_mi": np.round(normalised, 3).tolist()}
     return {"betavae_by_factor": by_factor, "mi_by_unit": by_unit}
 
