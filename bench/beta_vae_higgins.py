@@ -3,8 +3,8 @@
 Trains configs/beta_vae_higgins2017.toml (fully connected 1200-1200 ReLU encoder, 1200-1200-1200 tanh
 decoder, 10 latent units, Bernoulli, Adagrad 1e-2, batch 64) with beta = 4 and beta = 1, and at each
 point of --points evaluates the run with `aezoo eval` (the beta-VAE metric, FactorVAE metric, MIG, DCI,
-SAP, reconstruction, KL per unit), so each score gets a curve against steps. Their anchor on the
-beta-VAE metric: 99.23% for beta = 4 and 61.58% for beta = 1 (sec. 4.2).
+SAP, reconstruction, KL per unit) and diagnoses its weights (`diagnose`), so each score gets a curve
+against steps. Their anchor on the beta-VAE metric: 99.23% for beta = 4 and 61.58% for beta = 1 (sec. 4.2).
 
 Each (beta, seed) run lives in OUT/beta<b>_s<seed>; the scores measured so far are kept in its
 bench_curve.json, and training continues from the run's last checkpoint, so a budget of hours is made
@@ -49,6 +49,7 @@ ROOT = Path(__file__).parents[1]
 CONFIG = ROOT / "configs" / "beta_vae_higgins2017.toml"
 SCORES = ("betavae_score", "factorvae_score", "mig", "dci_disentanglement", "dci_completeness", "sap")
 OTHER = ("recon_bce", "neg_elbo", "active_units", "kl_per_dim")
+DIAGNOSIS = ("betavae_by_factor", "mi_by_unit")
 ANCHORS = {"4": 0.9923, "1": 0.6158}  # Higgins et al. 2017, sec. 4.2: the beta-VAE metric on dSprites
 
 
@@ -78,10 +79,15 @@ def run_curve(out: Path, beta: float, seed: int, budget: int, points: list[int],
         ev = evaluate(run)
         eval_s = time.perf_counter() - started
         point = {"step": steps, "train_wall_s": round(train_s, 1), "eval_wall_s": round(eval_s, 1),
-                 **{k: ev[k] for k in (*SCORES, *OTHER) if k in ev}}
+                 **{k: ev[k] for k in (*SCORES, *OTHER) if k in ev}, **diagnose(run)}
         curve.append(point)
         progress.write_text(json.dumps(curve))
-        print(json.dumps({k: v for k, v in point.items() if k != "kl_per_dim"}), flush=True)
+        print(json.dumps(summary(point)), flush=True)
+
+
+def summary(point: dict) -> dict:
+    """The point's scalars: the point without its per-unit lists and diagnosis."""
+    return {k: v for k, v in point.items() if k not in ("kl_per_dim", *DIAGNOSIS)}
 
 
 def diagnose(run: Path) -> dict:
@@ -125,8 +131,11 @@ def collect(out: Path) -> None:
     for run in sorted(out.glob("beta*_s*")):
         progress = run / "bench_curve.json"
         if progress.exists():
-            runs[run.name] = {"curve": json.loads(progress.read_text()),
-                              "pieces": pieces(read_metrics(run / "metrics.jsonl")), **diagnose(run)}
+            curve = json.loads(progress.read_text())
+            diagnosed = [c for c in curve if DIAGNOSIS[0] in c]
+            runs[run.name] = {"curve": curve, "pieces": pieces(read_metrics(run / "metrics.jsonl")),
+                              **({"diagnosed_at_step": diagnosed[-1]["step"],
+                                  **{k: diagnosed[-1][k] for k in DIAGNOSIS}} if diagnosed else {})}
     if not runs:
         raise SystemExit(f"no runs with a curve under {out}")
     fig, axes = plt.subplots(2, 4, figsize=(16, 7), constrained_layout=True)
@@ -149,7 +158,7 @@ def collect(out: Path) -> None:
         "config": "configs/beta_vae_higgins2017.toml",
         "anchors_betavae_score": {"beta4": ANCHORS["4"], "beta1": ANCHORS["1"],
                                   "source": "Higgins et al. 2017, sec. 4.2 (dSprites)"},
-        "last_point": {name: {k: v for k, v in c.items() if k != "kl_per_dim"} for name, c in last.items()},
+        "last_point": {name: summary(c) for name, c in last.items()},
         "runs": runs,
     })
 
