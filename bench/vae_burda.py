@@ -130,7 +130,8 @@ def main() -> None:
         progress.write_text(json.dumps(curve))
         print(curve[-1], flush=True)
 
-    records = read_metrics(run / "metrics.jsonl")
+    # a run that goes on past this budget (read beside it) has records past it: they are not this budget's
+    records = [r for r in read_metrics(run / "metrics.jsonl") if r.get("epoch", 0) <= args.epochs]
     rates = [r["samples_per_s"] for r in records if r.get("split") == "train"]
     parts = pieces(records)  # the curve's train_wall_s misses a piece whose process was killed; these don't
     t0 = time.perf_counter()
