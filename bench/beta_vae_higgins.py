@@ -143,7 +143,9 @@ def collect(out: Path) -> None:
         for name, r in runs.items():
             pts = [(c["step"], c[key]) for c in r["curve"] if key in c]
             if pts:
-                ax.plot(*zip(*pts), marker="o", label=name)
+                beta, seed = name.removeprefix("beta").split("_s")  # colour by beta, line style by seed
+                ax.plot(*zip(*pts), marker="o", ms=3, label=name, color="C3" if beta == "4" else "C0",
+                        ls=("-", "--", ":", "-.")[int(seed) % 4])
         if key == "betavae_score":
             for beta, anchor in ANCHORS.items():
                 ax.axhline(anchor, ls="--", lw=0.8, color="grey")
