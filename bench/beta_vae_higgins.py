@@ -131,11 +131,8 @@ def collect(out: Path) -> None:
     for run in sorted(out.glob("beta*_s*")):
         progress = run / "bench_curve.json"
         if progress.exists():
-            curve = json.loads(progress.read_text())
-            diagnosed = [c for c in curve if DIAGNOSIS[0] in c]
-            runs[run.name] = {"curve": curve, "pieces": pieces(read_metrics(run / "metrics.jsonl")),
-                              **({"diagnosed_at_step": diagnosed[-1]["step"],
-                                  **{k: diagnosed[-1][k] for k in DIAGNOSIS}} if diagnosed else {})}
+            runs[run.name] = {"curve": json.loads(progress.read_text()),
+                              "pieces": pieces(read_metrics(run / "metrics.jsonl"))}
     if not runs:
         raise SystemExit(f"no runs with a curve under {out}")
     fig, axes = plt.subplots(2, 4, figsize=(16, 7), constrained_layout=True)
