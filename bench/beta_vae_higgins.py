@@ -14,6 +14,8 @@ of pieces, one process per run, each on one core:
         --out /work/longruns/higgins &
     .venv/bin/python bench/beta_vae_higgins.py --collect --out /work/longruns/higgins   # the JSON and the plot
 
+--collect also compares the betas over their seeds at each step every run has reached (`beta_comparison`).
+
 A later call with a larger --steps continues each run where it stopped (the config's lr is constant, so
 the pieces make the run one call would).
 """
@@ -21,7 +23,9 @@ the pieces make the run one call would).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -126,6 +130,49 @@ def diagnose(run: Path) -> dict:
     return {"betavae_by_factor": by_factor, "mi_by_unit": by_unit}
 
 
+def beta_and_seed(name: str) -> tuple[str, int]:
+    """The beta and seed of a run folder named as run_curve names it: beta<b>_s<seed>."""
+    beta, seed = name.removeprefix("beta").split("_s")
+    return beta, int(seed)
+
+
+def pairs_won(a: list[float], b: list[float]) -> float:
+    """How many of the pairs (x from a, y from b) have x > y, a tie counting half: Mann-Whitney's U of a."""
+    return sum((x > y) + 0.5 * (x == y) for x in a for y in b)
+
+
+def exact_p(a: list[float], b: list[float]) -> float:
+    """The exact one-sided p of the Mann-Whitney test that a's values are the larger: the fraction of the
+    ways of splitting the pooled values into groups of len(a) and len(b) whose U is at least a's."""
+    pooled, u = [*a, *b], pairs_won(a, b)
+    splits = list(itertools.combinations(range(len(pooled)), len(a)))
+    hits = sum(pairs_won([pooled[i] for i in s], [v for i, v in enumerate(pooled) if i not in s]) >= u
+               for s in splits)
+    return hits / len(splits)
+
+
+def beta_comparison(runs: dict) -> dict:
+    """At each step that every run has reached, for each score: beta = 4's and beta = 1's seeds' mean and
+    sd, the pairs (a beta = 4 run, a beta = 1 run) that beta = 4 wins and the exact p of that count; the
+    seeds, not one run, decide whether beta separates the scores (Locatello et al. 2019)."""
+    groups = {beta: [r["curve"] for name, r in runs.items() if beta_and_seed(name)[0] == beta] for beta in ANCHORS}
+    if min(len(g) for g in groups.values()) < 2:
+        return {}
+    steps = set.intersection(*({c["step"] for c in curve} for g in groups.values() for curve in g))
+    out = {}
+    for step in sorted(steps):
+        at = {beta: [next(c for c in curve if c["step"] == step) for curve in g] for beta, g in groups.items()}
+        out[str(step)] = {}
+        for key in SCORES:
+            four, one = ([c[key] for c in at[beta]] for beta in ("4", "1"))
+            out[str(step)][key] = {
+                "beta4": {"mean": statistics.mean(four), "sd": statistics.stdev(four), "runs": len(four)},
+                "beta1": {"mean": statistics.mean(one), "sd": statistics.stdev(one), "runs": len(one)},
+                "pairs_won_by_beta4": pairs_won(four, one), "pairs": len(four) * len(one),
+                "p_one_sided": exact_p(four, one)}
+    return out
+
+
 def collect(out: Path) -> None:
     runs = {}
     for run in sorted(out.glob("beta*_s*")):
@@ -140,9 +187,9 @@ def collect(out: Path) -> None:
         for name, r in runs.items():
             pts = [(c["step"], c[key]) for c in r["curve"] if key in c]
             if pts:
-                beta, seed = name.removeprefix("beta").split("_s")  # colour by beta, line style by seed
+                beta, seed = beta_and_seed(name)  # colour by beta, line style by seed
                 ax.plot(*zip(*pts), marker="o", ms=3, label=name, color="C3" if beta == "4" else "C0",
-                        ls=("-", "--", ":", "-.")[int(seed) % 4])
+                        ls=("-", "--", ":", "-.")[seed % 4])
         if key == "betavae_score":
             for beta, anchor in ANCHORS.items():
                 ax.axhline(anchor, ls="--", lw=0.8, color="grey")
@@ -158,6 +205,7 @@ def collect(out: Path) -> None:
         "anchors_betavae_score": {"beta4": ANCHORS["4"], "beta1": ANCHORS["1"],
                                   "source": "Higgins et al. 2017, sec. 4.2 (dSprites)"},
         "last_point": {name: summary(c) for name, c in last.items()},
+        "beta_comparison": beta_comparison(runs),
         "runs": runs,
     })
 
