@@ -159,17 +159,18 @@ def beta_comparison(runs: dict) -> dict:
     if min(len(g) for g in groups.values()) < 2:
         return {}
     steps = set.intersection(*({c["step"] for c in curve} for g in groups.values() for curve in g))
+
+    def spread(values: list[float]) -> dict:
+        return {"mean": statistics.mean(values), "sd": statistics.stdev(values), "runs": len(values)}
+
+    def compare(four: list[float], one: list[float]) -> dict:
+        return {"beta4": spread(four), "beta1": spread(one), "pairs_won_by_beta4": pairs_won(four, one),
+                "pairs": len(four) * len(one), "p_one_sided": exact_p(four, one)}
+
     out = {}
     for step in sorted(steps):
         at = {beta: [next(c for c in curve if c["step"] == step) for curve in g] for beta, g in groups.items()}
-        out[str(step)] = {}
-        for key in SCORES:
-            four, one = ([c[key] for c in at[beta]] for beta in ("4", "1"))
-            out[str(step)][key] = {
-                "beta4": {"mean": statistics.mean(four), "sd": statistics.stdev(four), "runs": len(four)},
-                "beta1": {"mean": statistics.mean(one), "sd": statistics.stdev(one), "runs": len(one)},
-                "pairs_won_by_beta4": pairs_won(four, one), "pairs": len(four) * len(one),
-                "p_one_sided": exact_p(four, one)}
+        out[str(step)] = {key: compare([c[key] for c in at["4"]], [c[key] for c in at["1"]]) for key in SCORES}
     return out
 
 
